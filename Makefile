@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+BUDGET ?= 4
+CRITERION ?= math
+
+.PHONY: install demo test lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: install
+	$(OFFLINE) $(VENV)/bin/lmms-eval --model pruned_vlm \
+		--model_args criterion=$(CRITERION),budget=$(BUDGET) \
+		--tasks prune_demo --include_path $$($(PY) -c 'import lmms_prune_plugin as p; print(p.TASKS_DIR)') \
+		--batch_size 16 --output_path out/demo
+
+test: install
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: install
+	$(OFFLINE) $(PY) -m benchmarks.run

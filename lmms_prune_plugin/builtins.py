@@ -1,0 +1,34 @@
+"""The built-in criteria, strategies and calibration sets, registered like any plugin."""
+
+from .hookspecs import hookimpl
+
+
+@hookimpl
+def register_criteria(register):
+    from .criteria import BUILTIN_CRITERIA
+
+    for criterion in BUILTIN_CRITERIA:
+        register(criterion)
+
+
+@hookimpl
+def register_strategies(register):
+    from .strategies import BUILTIN_STRATEGIES
+
+    for strategy in BUILTIN_STRATEGIES:
+        register(strategy)
+
+
+@hookimpl
+def register_calibration_sets(register):
+    from .calibration import BUILTIN_CALIBRATION_SETS
+
+    for calibration_set in BUILTIN_CALIBRATION_SETS:
+        register(calibration_set)
+
+
+@hookimpl(trylast=True)  # plugins that know an architecture better answer first
+def locate_decoder_layers(model):
+    from .layers import builtin_layers_path
+
+    return builtin_layers_path(model)

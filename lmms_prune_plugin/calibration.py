@@ -1,0 +1,280 @@
+"""Calibration: run lmms-eval task requests through a wrapper, prefill only, with capture on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .capture import LayerCapture
+from .plan import content_hash
+from .stats import LayerStatistics
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """A named calibration set: the lmms-eval task behind it and the domain it stands for."""
+
+    name: str
+    domain: str
+    task: str
+    offline: bool = True
+    description: str = ""
+
+
+BUILTIN_CALIBRATION_SETS = (
+    CalibrationSet("prune_calib_math", "math", "prune_calib_math", True, "generated arithmetic, bar charts, counting"),
+    CalibrationSet("prune_calib_nonmath", "nonmath", "prune_calib_nonmath", True, "easy-vqa shapes and simple scenes"),
+    # Online variants: real benchmarks that lmms-eval ships (need the hub).
+    CalibrationSet("mathvista", "math", "mathvista_testmini", False, "MathVista testmini"),
+    CalibrationSet("mathverse", "math", "mathverse_testmini", False, "MathVerse testmini"),
+    CalibrationSet("mathvision", "math", "mathvision_testmini", False, "MATH-Vision testmini"),
+    CalibrationSet("scienceqa", "nonmath", "scienceqa_img", False, "ScienceQA (image subset)"),
+    CalibrationSet("gqa", "nonmath", "gqa", False, "GQA"),
+    CalibrationSet("ai2d", "nonmath", "ai2d", False, "AI2D diagrams"),
+)
+DEFAULT_SETS = {"math": "prune_calib_math", "nonmath": "prune_calib_nonmath"}
+
+
+def resolve_task_name(name: str) -> str:
+    """A registered calibration set's task, or ``name`` itself (any lmms-eval task works)."""
+    from .plugins import get_calibration_sets
+
+    found = get_calibration_sets().get(name)
+    return found.task if found else name
+
+
+@dataclass
+class CalibrationRequests:
+    """The prefill requests of one domain, ready for ``wrapper.generate_until``."""
+
+    task: str
+    requests: list
+    datasets: dict  # task name -> dataset (what wrappers read docs from via lm.task_dict)
+    fingerprint: str
+
+    @property
+    def samples(self) -> int:
+        return len(self.requests)
+
+
+def _jsonable(value: Any) -> Any:
+    """Doc fields for hashing: images and bytes by content, never by object address."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, bytes):
+        return hashlib.sha256(value).hexdigest()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tobytes"):  # PIL images, numpy arrays
+        return hashlib.sha256(value.tobytes()).hexdigest()
+    return type(value).__name__
+
+
+def build_requests(
+    task_name: str,
+    task_manager,
+    task_type: str,
+    limit: int | None,
+    rank: int = 0,
+    world_size: int = 1,
+    param: str = "calib",
+) -> CalibrationRequests:
+    """Load ``task_name`` and build its generate_until requests, limited to one new token."""
+    from lmms_eval.evaluator_utils import get_task_list
+    from lmms_eval.tasks import get_task_dict
+
+    task = resolve_task_name(task_name)
+    try:
+        task_dict = get_task_dict([task], task_manager, task_type)
+    except Exception as err:  # lmms-eval raises KeyError/ValueError with little context
+        raise ValueError(
+            f"{param}={task_name!r}: calibration task {task!r} could not be loaded ({type(err).__name__}: {err}); "
+            "give a task that lmms-eval knows, with --include_path for custom ones"
+        ) from err
+    requests, datasets, hashed = [], {}, []
+    for out in get_task_list(task_dict):
+        t = out.task
+        if t is None or "generate_until" not in str(t.get_config("output_type")):
+            continue
+        t.build_all_requests(limit=limit, rank=rank, world_size=world_size)
+        datasets[out.task_name] = t.dataset
+        for inst in t.instances:
+            ctx, visual_or_messages, gen_kwargs, doc_id, name, split = inst.args
+            gen_kwargs = dict(gen_kwargs or {}) | {"max_new_tokens": 1, "temperature": 0, "do_sample": False}
+            inst.arguments = (ctx, visual_or_messages, gen_kwargs, doc_id, name, split)
+            requests.append(inst)
+            hashed.append([name, split, doc_id, ctx, _jsonable(t.dataset[split][doc_id])])
+    if not requests:
+        raise ValueError(
+            f"{param}={task_name!r}: calibration task {task!r} yielded no generate_until samples "
+            f"(limit={limit}); calibration needs prompts with images"
+        )
+    _check_images(requests, param, task_name, datasets)
+    return CalibrationRequests(task=task, requests=requests, datasets=datasets, fingerprint=content_hash(hashed))
+
+
+def _check_images(requests: list, param: str, task_name: str, datasets: dict) -> None:
+    """At least one sample must carry an image: the method measures a vision-language forward."""
+    for inst in requests[:8]:
+        ctx, fn, _, doc_id, name, split = inst.args
+        try:
+            out = fn(datasets[name][split][doc_id])
+        except Exception:
+            continue
+        text = json.dumps(_jsonable(out))
+        if _has_visual(out) or '"image"' in text:
+            return
+    raise ValueError(f"{param}={task_name!r}: calibration task has no images in its first samples")
+
+
+def _has_visual(out: Any) -> bool:
+    if isinstance(out, list | tuple):
+        return any(_has_visual(x) for x in out)
+    if isinstance(out, Mapping):
+        return out.get("type") in ("image", "video") or any(_has_visual(v) for v in out.values())
+    return hasattr(out, "tobytes") or hasattr(out, "size") and hasattr(out, "mode")
+
+
+def run_capture(
+    wrapper,
+    model: torch.nn.Module,
+    calib: CalibrationRequests,
+    tokens: str = "all",
+    block_sizes: tuple[int, ...] = (),
+) -> LayerStatistics:
+    """One prefill pass over the domain's requests through the wrapper, hooks on."""
+    saved = dict(wrapper.task_dict)
+    wrapper.task_dict.update(calib.datasets)
+    try:
+        with torch.inference_mode(), LayerCapture(model, tokens=tokens, block_sizes=block_sizes) as cap:
+            wrapper.generate_until(list(calib.requests))
+        stats = cap.statistics()
+    finally:
+        wrapper.task_dict.clear()
+        wrapper.task_dict.update(saved)
+    return all_reduce(stats)
+
+
+def all_reduce(stats: LayerStatistics) -> LayerStatistics:
+    """Sum statistics over ranks so that every process derives the identical plan."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return stats
+    if torch.distributed.get_world_size() == 1:
+        return stats
+    ns = sorted(stats.angular_sum)
+    flat = [*stats.cos_sum, stats.tokens, stats.samples, stats.forwards]
+    for n in ns:
+        flat.extend(stats.angular_sum[n])
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    t = torch.tensor(flat, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    v = t.cpu().tolist()
+    L = stats.num_layers
+    out, pos = {}, L + 3
+    for n in ns:
+        out[n] = tuple(v[pos : pos + L - n + 1])
+        pos += L - n + 1
+    return LayerStatistics(L, tuple(v[:L]), int(round(v[L])), int(round(v[L + 1])), int(round(v[L + 2])), out)
+
+
+def domains_for(criterion_domains: tuple[str, ...], sets: Mapping[str, str]) -> tuple[str, ...]:
+    """Concrete domains to calibrate: "*" means every configured domain."""
+    if "*" in criterion_domains:
+        return tuple(sets)
+    return tuple(d for d in criterion_domains)
+
+
+class Calibrator:
+    """Calibrates a wrapper's model on named lmms-eval tasks, one pass per domain, cached.
+
+    ``forwards`` counts the prefill forwards actually run, so callers can show that cached
+    statistics cost none.
+    """
+
+    def __init__(
+        self,
+        wrapper,
+        model: torch.nn.Module,
+        sets: Mapping[str, str],
+        limit: int | None = None,
+        tokens: str = "all",
+        include_path: str | None = None,
+        cache=None,
+        model_key: str = "",
+    ):
+        self.wrapper, self.model = wrapper, model
+        self.sets, self.limit, self.tokens = dict(sets), limit, tokens
+        self.include_path, self.cache, self.model_key = include_path, cache, model_key
+        self.forwards = 0
+        self._requests: dict[str, CalibrationRequests] = {}
+        self._stats: dict[tuple[str, tuple[int, ...]], LayerStatistics] = {}
+        self._task_manager = None
+
+    def _manager(self):
+        if self._task_manager is None:
+            from lmms_eval.tasks import TaskManager
+
+            from . import TASKS_DIR
+
+            paths = [TASKS_DIR] + ([self.include_path] if self.include_path else [])
+            self._task_manager = TaskManager(include_path=paths)
+        return self._task_manager
+
+    def requests(self, domain: str) -> CalibrationRequests:
+        if domain not in self.sets:
+            raise ValueError(f"criterion needs the {domain!r} domain, but calib_{domain} is not set")
+        if domain not in self._requests:
+            task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
+            self._requests[domain] = build_requests(
+                self.sets[domain], self._manager(), task_type, self.limit,
+                rank=getattr(self.wrapper, "rank", 0), world_size=getattr(self.wrapper, "world_size", 1),
+                param=f"calib_{domain}",
+            )  # fmt: skip
+        return self._requests[domain]
+
+    def identity(self, domains: tuple[str, ...]):
+        from .plan import CalibrationIdentity
+
+        reqs = {d: self.requests(d) for d in domains}
+        return CalibrationIdentity(
+            sets={d: self.sets[d] for d in domains},
+            samples={d: r.samples for d, r in reqs.items()},
+            content_hash=content_hash([[d, r.fingerprint] for d, r in sorted(reqs.items())]),
+        )
+
+    def statistics(self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()) -> dict[str, LayerStatistics]:
+        """Per-domain statistics: memory, then disk cache, then one prefill pass each."""
+        from . import cache as cache_mod
+
+        out = {}
+        for domain in domains:
+            mem_key = (domain, tuple(block_sizes))
+            if mem_key in self._stats:
+                out[domain] = self._stats[mem_key]
+                continue
+            reqs = self.requests(domain)
+            k = cache_mod.key(
+                kind="stats", model=self.model_key, fingerprint=reqs.fingerprint, tokens=self.tokens,
+                blocks=list(block_sizes), world=getattr(self.wrapper, "world_size", 1),
+            )  # fmt: skip
+            stats = self.cache.get_stats(k) if self.cache else None
+            if stats is None:
+                stats = run_capture(self.wrapper, self.model, reqs, self.tokens, tuple(block_sizes))
+                self.forwards += stats.forwards
+                if self.cache and _is_main():
+                    self.cache.put_stats(k, stats)
+            self._stats[mem_key] = out[domain] = stats
+        return out
+
+
+def _is_main() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

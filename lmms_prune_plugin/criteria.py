@@ -1,0 +1,141 @@
+"""Criteria: calibration statistics -> per-layer redundancy scores (higher = removed first).
+
+Pure functions of their inputs; none of them touches a model.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .stats import LayerStatistics, pool
+
+MATH, NONMATH = "math", "nonmath"
+Stats = Mapping[str, LayerStatistics]
+
+
+@dataclass(frozen=True)
+class CriterionOptions:
+    """Options shared by the built-in criteria."""
+
+    alpha: float = 0.5  # weight of the math domain in ``mixed``
+    seed: int = 0  # for ``random``
+    block_sizes: tuple[int, ...] = ()  # block lengths n for which ``angular`` scores blocks
+
+    def __post_init__(self) -> None:
+        alpha = self.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha!r} is not allowed; it must be a number in [0, 1]")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} is not allowed; it must be an integer")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-layer scores, plus optional scores of blocks ``{n: [score of block starting at l]}``."""
+
+    per_layer: tuple[float, ...]
+    blocks: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A named scoring rule. ``domains`` lists the calibration domains it reads ("*" = any)."""
+
+    name: str
+    fn: Callable[[Stats, int, CriterionOptions], Scores]
+    domains: tuple[str, ...]
+    formula: str
+    description: str = ""
+    default_strategy: str = "topk"
+    needs_blocks: bool = False  # scores blocks of n layers: capture must measure n = budget
+
+    def __call__(self, stats: Stats, num_layers: int, options: CriterionOptions | None = None) -> Scores:
+        options = options or CriterionOptions()
+        missing = [d for d in self.domains if d != "*" and d not in stats]
+        if missing or ("*" in self.domains and not stats):
+            need = missing or ["any domain"]
+            raise ValueError(
+                f"criterion={self.name!r} needs calibration on {', '.join(need)}, "
+                f"but only {sorted(stats) or 'nothing'} was calibrated"
+            )
+        for domain, s in stats.items():
+            if s.num_layers != num_layers:
+                raise ValueError(f"{domain} statistics have {s.num_layers} layers, the model {num_layers}")
+        scores = self.fn(stats, num_layers, options)
+        if len(scores.per_layer) != num_layers:
+            raise ValueError(f"criterion {self.name!r} returned {len(scores.per_layer)} scores for {num_layers} layers")
+        return scores
+
+
+def ranks(values: list[float] | tuple[float, ...]) -> list[float]:
+    """Rank of each value, 0 = smallest; ties share their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2
+        i = j + 1
+    return out
+
+
+def _domain(domain: str) -> Callable[[Stats, int, CriterionOptions], Scores]:
+    def fn(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+        return Scores(tuple(stats[domain].similarity()))
+
+    return fn
+
+
+def mixed(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    a = options.alpha
+    m, n = stats[MATH].similarity(), stats[NONMATH].similarity()
+    return Scores(tuple(a * x + (1 - a) * y for x, y in zip(m, n, strict=True)))
+
+
+def mixed_rank(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    a = options.alpha
+    m, n = ranks(stats[MATH].similarity()), ranks(stats[NONMATH].similarity())
+    return Scores(tuple(a * x + (1 - a) * y for x, y in zip(m, n, strict=True)))
+
+
+def shortgpt(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    # 1 - Block Influence on all calibration data pooled, domains ignored.
+    return Scores(tuple(pool(stats.values()).similarity()))
+
+
+def angular(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    pooled = pool(stats.values())
+    blocks = {n: tuple(1.0 - d for d in pooled.angular_distance(n)) for n in options.block_sizes}
+    if 1 in pooled.angular_sum:
+        per_layer = tuple(1.0 - d for d in pooled.angular_distance(1))
+    else:  # arccos(cos)/pi of each layer's own input/output, from the same sums
+        import math
+
+        per_layer = tuple(1.0 - math.acos(max(-1.0, min(1.0, s))) / math.pi for s in pooled.similarity())
+    return Scores(per_layer, blocks)
+
+
+def last(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    return Scores(tuple(float(i) for i in range(num_layers)))
+
+
+def random(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    rng = _random.Random(options.seed)
+    return Scores(tuple(rng.random() for _ in range(num_layers)))
+
+
+BUILTIN_CRITERIA = (
+    Criterion("math", _domain(MATH), (MATH,), "s_l(math)", "layers that change math activations least"),
+    Criterion("nonmath", _domain(NONMATH), (NONMATH,), "s_l(nonmath)", "layers that change non-math activations least"),
+    Criterion("mixed", mixed, (MATH, NONMATH), "alpha * s_l(math) + (1 - alpha) * s_l(nonmath)", "weighted mean of both domains"),
+    Criterion("mixed_rank", mixed_rank, (MATH, NONMATH), "alpha * rank_l(math) + (1 - alpha) * rank_l(nonmath)", "weighted mean of the two domain ranks"),
+    Criterion("shortgpt", shortgpt, ("*",), "1 - BI_l = s_l(all data pooled)", "ShortGPT Block Influence, no domain split"),
+    Criterion("angular", angular, ("*",), "1 - arccos(cos(h_l, h_{l+n})) / pi, all data pooled", "Gromov et al.: angular distance over a block of n", "contiguous", True),
+    Criterion("last", last, (), "l (layer index)", "remove the tail"),
+    Criterion("random", random, (), "U(0, 1) seeded by seed", "seeded random order"),
+)

@@ -1,0 +1,16 @@
+"""lmms-eval models contributed by this package (entry-point group ``lmms_eval.models``)."""
+
+from lmms_eval.models.registry_v2 import ModelManifest
+
+MANIFESTS = [
+    ModelManifest(
+        model_id="pruned_vlm",
+        chat_class_path="lmms_prune_plugin.models.pruned_vlm.PrunedVLM",
+        simple_class_path="lmms_prune_plugin.models.pruned_vlm.PrunedVLMSimple",
+    ),
+    ModelManifest(
+        model_id="hf_vlm",
+        chat_class_path="lmms_prune_plugin.models.hf_vlm.HFVLM",
+        simple_class_path="lmms_prune_plugin.models.hf_vlm.HFVLMSimple",
+    ),
+]

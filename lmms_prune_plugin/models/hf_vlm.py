@@ -1,0 +1,146 @@
+"""``hf_vlm``: a thin lmms-eval wrapper for any ``AutoModelForImageTextToText`` checkpoint.
+
+lmms-eval's generic ``huggingface`` wrapper does not work with transformers 5.x (it passes an
+``audios`` keyword and loads the base model without ``lm_head``), so architectures without a
+dedicated wrapper (Idefics3, SmolVLM, ...) are evaluated through this one. Images go through
+the checkpoint's own processor and chat template.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.protocol import ChatMessages
+from tqdm import tqdm
+
+
+class HFVLM(lmms):
+    """Chat-style generic VLM wrapper (greedy unless the task asks for sampling)."""
+
+    is_simple = False
+
+    def __init__(
+        self,
+        pretrained: str,
+        device: str | None = None,
+        device_map: str | None = None,
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        max_new_tokens: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if kwargs:
+            raise ValueError(f"hf_vlm: unknown model_args {sorted(kwargs)}")
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self._model = AutoModelForImageTextToText.from_pretrained(
+            pretrained, dtype=dtype, revision=revision, trust_remote_code=bool(trust_remote_code),
+            device_map=device_map or str(self._device), **extra,
+        ).eval()  # fmt: skip
+        self.processor = AutoProcessor.from_pretrained(pretrained, revision=revision, trust_remote_code=bool(trust_remote_code))
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.batch_size = int(batch_size)
+        self.max_new_tokens = int(max_new_tokens)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._model
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    # -- request -> (messages, images) ------------------------------------------------------
+    def _conversation(self, args: tuple) -> tuple[list[dict], list]:
+        ctx, fn, _gen, doc_id, task, split = args
+        doc = self.task_dict[task][split][doc_id]
+        chat = ChatMessages(messages=fn(doc))
+        images, _videos, _audios = chat.extract_media()
+        messages = chat.to_hf_messages()
+        for message in messages:  # the processor gets the images separately
+            message["content"] = [{"type": "image"} if c["type"] == "image" else c for c in message["content"]]
+        return messages, images
+
+    @staticmethod
+    def _text_conversation(ctx: str, doc_to_visual, doc: dict) -> tuple[list[dict], list]:
+        visuals = [v for v in (doc_to_visual(doc) or []) if v is not None]
+        content = [{"type": "image"} for _ in visuals] + [{"type": "text", "text": ctx}]
+        return [{"role": "user", "content": content}], visuals
+
+    def _encode(self, conversations: list[tuple[list[dict], list]], suffixes: list[str] | None = None):
+        texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in conversations]
+        if suffixes is not None:
+            texts = [t + s for t, s in zip(texts, suffixes, strict=True)]
+        images = [imgs for _, imgs in conversations]
+        kwargs = {"images": images} if any(images) else {}
+        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **kwargs)
+        return inputs.to(self._device)
+
+    # -- lmms API ---------------------------------------------------------------------------
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        tok = self.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"  # generation continues each row from its last real token
+        out: list[str] = []
+        try:
+            for start in tqdm(range(0, len(requests), self.batch_size), disable=self.rank != 0, desc="hf_vlm"):
+                chunk = requests[start : start + self.batch_size]
+                gen = dict(chunk[0].args[2] or {})
+                inputs = self._encode([self._conversation(r.args) for r in chunk])
+                greedy = float(gen.get("temperature", 0) or 0) == 0
+                ids = self._model.generate(
+                    **inputs, max_new_tokens=int(gen.get("max_new_tokens", self.max_new_tokens)),
+                    do_sample=not greedy, temperature=None if greedy else float(gen["temperature"]),
+                    top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
+                )  # fmt: skip
+                new = ids[:, inputs["input_ids"].shape[1] :]
+                for text in self.processor.batch_decode(new, skip_special_tokens=True):
+                    for stop in gen.get("until", []) or []:
+                        if isinstance(stop, str) and stop and stop in text:
+                            text = text.split(stop)[0]
+                    out.append(text)
+        finally:
+            tok.padding_side = side
+        return out
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        out = []
+        for req in tqdm(requests, disable=self.rank != 0, desc="hf_vlm loglikelihood"):
+            ctx, continuation, doc_to_visual, doc_id, task, split = req.args
+            doc = self.task_dict[task][split][doc_id]
+            continuation = continuation(doc) if callable(continuation) else continuation
+            conv = self._text_conversation(ctx, doc_to_visual, doc)
+            prompt = self._encode([conv])
+            full = self._encode([conv], [continuation])
+            n_prompt = prompt["input_ids"].shape[1]
+            with torch.inference_mode():
+                logits = self._model(**full).logits[0, n_prompt - 1 : -1].float()
+            target = full["input_ids"][0, n_prompt:]
+            logprobs = torch.log_softmax(logits, dim=-1)
+            out.append((float(logprobs.gather(1, target[:, None]).sum()), bool((logits.argmax(-1) == target).all())))
+        return out
+
+    def generate_until_multi_round(self, requests) -> list[str]:
+        raise NotImplementedError("hf_vlm does not support multi-round generation")
+
+
+class HFVLMSimple(HFVLM):
+    """Simple-style generic VLM wrapper: requests carry ``doc_to_visual`` and a text context."""
+
+    is_simple = True
+
+    def _conversation(self, args: tuple) -> tuple[list[dict], list]:
+        ctx, doc_to_visual, _gen, doc_id, task, split = args
+        return self._text_conversation(ctx, doc_to_visual, self.task_dict[task][split][doc_id])

@@ -1,0 +1,16 @@
+import os
+
+# Offline, and no third-party plugins leaking into the run.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["LMMS_PRUNE_LOAD_ENTRYPOINTS"] = "0"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own plan cache."""
+    monkeypatch.setenv("LMMS_PRUNE_CACHE", str(tmp_path / "cache"))
