@@ -85,7 +85,8 @@ class LayerCapture:
 
     # -- hooks -----------------------------------------------------------------------------
     def _on_model_start(self, module, args, kwargs) -> None:
-        cache = kwargs.get("past_key_values")
+        # Transformers 5.2x passes the KV cache as ``cache``; older releases as ``past_key_values``.
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         self._active = int(past) == 0
         self._ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
