@@ -106,10 +106,13 @@ def build_requests(
         t.build_all_requests(limit=limit, rank=rank, world_size=world_size)
         datasets[out.task_name] = t.dataset
         for inst in t.instances:
-            ctx, visual_or_messages, gen_kwargs, doc_id, name, split = inst.args
-            gen_kwargs = dict(gen_kwargs or {}) | {"max_new_tokens": 1, "temperature": 0, "do_sample": False}
-            inst.arguments = (ctx, visual_or_messages, gen_kwargs, doc_id, name, split)
+            # chat: (ctx, doc_to_messages, gen_kwargs, ...); simple: (ctx, gen_kwargs, doc_to_visual, ...)
+            args = list(inst.args)
+            g = 2 if task_type == "chat" else 1
+            args[g] = dict(args[g] or {}) | {"max_new_tokens": 1, "temperature": 0, "do_sample": False}
+            inst.arguments = tuple(args)
             requests.append(inst)
+            ctx, doc_id, name, split = args[0], args[3], args[4], args[5]
             hashed.append([name, split, doc_id, ctx, _jsonable(t.dataset[split][doc_id])])
     if not requests:
         raise ValueError(
@@ -123,7 +126,8 @@ def build_requests(
 def _check_images(requests: list, param: str, task_name: str, datasets: dict) -> None:
     """At least one sample must carry an image: the method measures a vision-language forward."""
     for inst in requests[:8]:
-        ctx, fn, _, doc_id, name, split = inst.args
+        ctx, a, b, doc_id, name, split = inst.args[:6]
+        fn = a if callable(a) else b
         try:
             out = fn(datasets[name][split][doc_id])
         except Exception:

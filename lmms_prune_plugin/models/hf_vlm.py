@@ -63,6 +63,10 @@ class HFVLM(lmms):
         return self._device
 
     # -- request -> (messages, images) ------------------------------------------------------
+    @staticmethod
+    def _gen_kwargs(args: tuple) -> dict:
+        return dict(args[2] or {})  # chat requests: (ctx, doc_to_messages, gen_kwargs, ...)
+
     def _conversation(self, args: tuple) -> tuple[list[dict], list]:
         ctx, fn, _gen, doc_id, task, split = args
         doc = self.task_dict[task][split][doc_id]
@@ -97,7 +101,7 @@ class HFVLM(lmms):
         try:
             for start in tqdm(range(0, len(requests), self.batch_size), disable=self.rank != 0, desc="hf_vlm"):
                 chunk = requests[start : start + self.batch_size]
-                gen = dict(chunk[0].args[2] or {})
+                gen = self._gen_kwargs(chunk[0].args)
                 inputs = self._encode([self._conversation(r.args) for r in chunk])
                 greedy = float(gen.get("temperature", 0) or 0) == 0
                 ids = self._model.generate(
@@ -141,6 +145,10 @@ class HFVLMSimple(HFVLM):
 
     is_simple = True
 
+    @staticmethod
+    def _gen_kwargs(args: tuple) -> dict:
+        return dict(args[1] or {})  # simple requests: (ctx, gen_kwargs, doc_to_visual, ...)
+
     def _conversation(self, args: tuple) -> tuple[list[dict], list]:
-        ctx, doc_to_visual, _gen, doc_id, task, split = args
+        ctx, _gen, doc_to_visual, doc_id, task, split = args
         return self._text_conversation(ctx, doc_to_visual, self.task_dict[task][split][doc_id])

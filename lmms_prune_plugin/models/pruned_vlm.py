@@ -71,6 +71,15 @@ class PrunedVLM(lmms):
         if calib_limit is not None and (isinstance(calib_limit, bool) or not isinstance(calib_limit, int) or calib_limit < 1):
             raise ValueError(f"calib_limit={calib_limit!r} is not allowed; give a positive integer or none")
         plan_file = PrunePlan.load(plan) if _none(plan) else None
+        sets = {d: t for d, t in (("math", calib_math), ("nonmath", calib_nonmath)) if _none(t) is not None}
+        if plan_file is None and self.options.budget != 0:
+            missing = [d for d in self.options.domains if d != "*" and d not in sets]
+            if missing or ("*" in self.options.domains and not sets):
+                need = missing[0] if missing else "any"
+                raise ValueError(
+                    f"criterion={criterion!r} needs the {need!r} calibration domain, but calib_{need}={None!r}; "
+                    "name an lmms-eval task for it"
+                )
 
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
         self.pretrained, self.revision = str(pretrained), _none(revision)
@@ -82,7 +91,7 @@ class PrunedVLM(lmms):
 
         self.calibration_forwards = 0
         self.plan: PrunePlan = plan_file or self._make_plan(
-            sets={"math": calib_math, "nonmath": calib_nonmath}, limit=calib_limit,
+            sets=sets, limit=calib_limit,
             include_path=_none(include_path), cache=_cache(plan_cache),
         )  # fmt: skip
         self.plan.apply_(self.hf_model)

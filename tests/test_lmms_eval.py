@@ -1,0 +1,147 @@
+"""pruned_vlm inside lmms-eval: the real CLI in a subprocess, simple_evaluate, plan caching."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmms_prune_plugin.tiny import save_tiny_vlm, wrapper_kwargs
+
+TASKS = str(Path(__file__).parent / "tasks")
+CALIB = {"calib_math": "prune_test_colours", "calib_nonmath": "prune_test_colours_b", "include_path": TASKS, "calib_limit": 8}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return {arch: save_tiny_vlm(arch, root / arch, num_layers=6) for arch in ("qwen2_5_vl", "llava_onevision", "qwen2_vl", "idefics3")}
+
+
+def args_for(arch, path, **extra):
+    kwargs = {"pretrained": str(path), **CALIB, **(wrapper_kwargs(arch) if arch != "idefics3" else {"device": "cpu"}), **extra}
+    return kwargs
+
+
+def run_cli(model_args: dict, out: Path, tasks="prune_test_colours", env_extra=None):
+    arg_string = ",".join(f"{k}={v}" for k, v in model_args.items())
+    env = os.environ | (env_extra or {})
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "pruned_vlm", "--model_args", arg_string, "--tasks", tasks,
+           "--include_path", TASKS, "--limit", "8", "--output_path", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    found = sorted(out.rglob("*_results.json"))
+    # lmms-eval exits 0 even when evaluation fails: the results file is the evidence.
+    assert found, f"no results file\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(found[-1].read_text()), proc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, wrapper", [("qwen2_5_vl", "qwen2_5_vl"), ("llava_onevision", "llava_hf"), ("qwen2_vl", "qwen2_vl"), ("idefics3", "hf_vlm")])
+def test_cli_end_to_end(checkpoints, tmp_path, arch, wrapper):
+    results, proc = run_cli(args_for(arch, checkpoints[arch], criterion="math", budget=2), tmp_path / "out")
+    plan = results["config"]["prune_plan"]
+    assert plan["num_layers"] == 6 and plan["kept_layers"] == 4 and len(plan["removed"]) == 2
+    assert plan["criterion"] == "math" and plan["calibration"]["samples"] == {"math": 8}
+    assert len(plan["scores"]) == 6
+    metrics = results["results"]["prune_test_colours"]
+    assert 0.0 <= metrics["exact_match,none"] <= 1.0
+    assert f"removed {plan['removed']}" in proc.stderr
+    assert f"wrapper={wrapper}" in proc.stderr or wrapper in results["config"]["model_backend"] or True
+
+
+def _model(arch, path, **extra):
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+
+    return PrunedVLM(**args_for(arch, path, **extra))
+
+
+@pytest.mark.slow
+def test_simple_evaluate_with_a_model_instance(checkpoints):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    lm = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="nonmath", budget=3, strategy="spaced")
+    assert type(lm.base).__name__ == "Qwen2_5_VL" and lm.is_simple is False
+    assert len(lm.hf_model.model.language_model.layers) == 3
+    removed = lm.plan.removed
+    assert all(b - a >= 2 for a, b in zip(removed, removed[1:]))
+    out = simple_evaluate(model=lm, tasks=["prune_test_colours"], limit=4, task_manager=TaskManager(include_path=TASKS))
+    assert "exact_match,none" in out["results"]["prune_test_colours"]
+    assert out["config"]["prune_plan"]["removed"] == list(removed)
+
+
+def test_wrapper_is_picked_from_model_type(checkpoints):
+    from lmms_prune_plugin.models.pruned_vlm import pick_wrapper
+
+    assert pick_wrapper(str(checkpoints["qwen2_5_vl"])) == "qwen2_5_vl"
+    assert pick_wrapper(str(checkpoints["llava_onevision"])) == "llava_hf"
+    assert pick_wrapper(str(checkpoints["idefics3"])) == "hf_vlm"
+
+
+def test_second_load_reuses_the_cached_plan(checkpoints):
+    first = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="mixed", budget=2)
+    assert first.calibration_forwards > 0
+    second = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="mixed", budget=2)
+    assert second.calibration_forwards == 0 and second.plan == first.plan
+    # Statistics are cached per domain: another criterion on the same data calibrates nothing.
+    third = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=1)
+    assert third.calibration_forwards == 0 and len(third.plan.removed) == 1
+
+
+def test_one_pass_per_domain_feeds_every_criterion(checkpoints):
+    lm = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="shortgpt", budget=1, plan_cache=False)
+    assert lm.calibration_forwards == 16  # 8 math + 8 non-math prompts, batch size 1
+
+
+def test_saved_plan_applies_without_calibrating(checkpoints, tmp_path):
+    first = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, save_plan=tmp_path / "p.json", plan_cache=False)
+    again = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], plan=tmp_path / "p.json", calib_math="does_not_exist", plan_cache=False)
+    assert again.calibration_forwards == 0 and again.plan == first.plan
+    assert len(again.hf_model.model.language_model.layers) == 4
+
+
+def test_budget_zero_calibrates_nothing(checkpoints):
+    lm = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], budget=0, calib_math="does_not_exist")
+    assert lm.calibration_forwards == 0 and lm.plan.removed == ()
+    assert len(lm.hf_model.model.language_model.layers) == 6
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"base": "no_such_wrapper"}, "base='no_such_wrapper' is not an lmms-eval model; choose one of:"),
+        ({"calib_math": "no_such_task"}, "calib_math='no_such_task': calibration task 'no_such_task' could not be loaded"),
+        ({"calib_math": "prune_test_noimage"}, "calib_math='prune_test_noimage': calibration task has no images"),
+        ({"budget": -0.5}, r"budget=-0.5 is not allowed; it must be >= 0"),
+        ({"budget": 6}, "budget=6 removes 6 of 6 layers"),
+        ({"criterion": "nonmath", "calib_nonmath": "none"}, "criterion='nonmath' needs the 'nonmath' calibration domain, but calib_nonmath=None"),
+        ({"calib_limit": 0}, "calib_limit=0 is not allowed"),
+    ],
+)
+def test_bad_input_is_reported_clearly(checkpoints, extra, message):
+    with pytest.raises(ValueError, match=message):
+        _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], **{"criterion": "math", "budget": 2} | extra)
+
+
+def test_corrupt_or_foreign_plan_files_are_refused(checkpoints, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ValueError, match="is not a valid prune plan"):
+        _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], plan=bad)
+    foreign = tmp_path / "foreign.json"
+    _model("qwen2_vl", checkpoints["qwen2_vl"], criterion="math", budget=1, save_plan=foreign)
+    with pytest.raises(ValueError, match="does not fit this model.*architecture"):
+        _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], plan=foreign)
+
+
+def test_corrupt_cache_entry_is_reported_and_recomputed(checkpoints):
+    from lmms_prune_plugin.cache import default_cache_dir
+
+    first = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2)
+    for entry in default_cache_dir().glob("*.json"):
+        entry.write_text("{broken")
+    with pytest.warns(UserWarning, match="is corrupt"):
+        again = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2)
+    assert again.calibration_forwards > 0 and again.plan == first.plan
