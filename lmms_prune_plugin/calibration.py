@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,10 +58,7 @@ class CalibrationRequests:
     requests: list
     datasets: dict  # task name -> dataset (what wrappers read docs from via lm.task_dict)
     fingerprint: str
-
-    @property
-    def samples(self) -> int:
-        return len(self.requests)
+    total: int  # samples over all ranks
 
 
 def _jsonable(value: Any) -> Any:
@@ -86,7 +85,11 @@ def build_requests(
     world_size: int = 1,
     param: str = "calib",
 ) -> CalibrationRequests:
-    """Load ``task_name`` and build its generate_until requests, limited to one new token."""
+    """Load ``task_name`` and build its generate_until requests, limited to one new token.
+
+    The fingerprint covers every sample; ``requests`` holds this rank's share (every
+    ``world_size``-th one), so ranks split the work and still agree on the identity.
+    """
     from lmms_eval.evaluator_utils import get_task_list
     from lmms_eval.tasks import get_task_dict
 
@@ -103,7 +106,7 @@ def build_requests(
         t = out.task
         if t is None or "generate_until" not in str(t.get_config("output_type")):
             continue
-        t.build_all_requests(limit=limit, rank=rank, world_size=world_size)
+        t.build_all_requests(limit=limit, rank=0, world_size=1)
         datasets[out.task_name] = t.dataset
         for inst in t.instances:
             # chat: (ctx, doc_to_messages, gen_kwargs, ...); simple: (ctx, gen_kwargs, doc_to_visual, ...)
@@ -120,7 +123,9 @@ def build_requests(
             f"(limit={limit}); calibration needs prompts with images"
         )
     _check_images(requests, param, task_name, datasets)
-    return CalibrationRequests(task=task, requests=requests, datasets=datasets, fingerprint=content_hash(hashed))
+    return CalibrationRequests(
+        task=task, requests=requests[rank::world_size], datasets=datasets, fingerprint=content_hash(hashed), total=len(requests)
+    )
 
 
 def _check_images(requests: list, param: str, task_name: str, datasets: dict) -> None:
@@ -237,11 +242,12 @@ class Calibrator:
             raise ValueError(f"criterion needs the {domain!r} domain, but calib_{domain} is not set")
         if domain not in self._requests:
             task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
-            self._requests[domain] = build_requests(
-                self.sets[domain], self._manager(), task_type, self.limit,
-                rank=getattr(self.wrapper, "rank", 0), world_size=getattr(self.wrapper, "world_size", 1),
-                param=f"calib_{domain}",
-            )  # fmt: skip
+            rank, world = process_group()
+            self._requests[domain] = reqs = build_requests(
+                self.sets[domain], self._manager(), task_type, self.limit, rank, world, param=f"calib_{domain}"
+            )
+            if world > 1:
+                print(f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples", file=sys.stderr)
         return self._requests[domain]
 
     def identity(self, domains: tuple[str, ...]):
@@ -250,7 +256,7 @@ class Calibrator:
         reqs = {d: self.requests(d) for d in domains}
         return CalibrationIdentity(
             sets={d: self.sets[d] for d in domains},
-            samples={d: r.samples for d, r in reqs.items()},
+            samples={d: r.total for d, r in reqs.items()},
             content_hash=content_hash([[d, r.fingerprint] for d, r in sorted(reqs.items())]),
         )
 
@@ -267,7 +273,7 @@ class Calibrator:
             reqs = self.requests(domain)
             k = cache_mod.key(
                 kind="stats", model=self.model_key, fingerprint=reqs.fingerprint, tokens=self.tokens,
-                blocks=list(block_sizes), world=getattr(self.wrapper, "world_size", 1),
+                blocks=list(block_sizes),
             )  # fmt: skip
             stats = self.cache.get_stats(k) if self.cache else None
             if stats is None:
@@ -277,6 +283,18 @@ class Calibrator:
                     self.cache.put_stats(k, stats)
             self._stats[mem_key] = out[domain] = stats
         return out
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size). Under torchrun the wrappers have not joined a group yet at load
+    time, so one is started here (gloo on CPU, nccl on GPU); the evaluator then reuses it."""
+    dist = torch.distributed
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_available() and not dist.is_initialized() and world > 1 and os.environ.get("MASTER_ADDR"):
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _is_main() -> bool:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,23 @@ def test_corrupt_cache_entry_is_reported_and_recomputed(checkpoints):
     with pytest.warns(UserWarning, match="is corrupt"):
         again = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2)
     assert again.calibration_forwards > 0 and again.plan == first.plan
+
+
+@pytest.mark.slow
+def test_two_processes_split_calibration_and_agree_on_the_plan(checkpoints, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each rank calibrates half, statistics are summed."""
+    single = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache=False).plan
+    arg_string = ",".join(f"{k}={v}" for k, v in args_for("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache="false").items())
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "lmms_eval", "--model", "pruned_vlm", "--model_args", arg_string,
+           "--tasks", "prune_test_colours", "--include_path", TASKS, "--limit", "8", "--output_path", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert "rank 0/2 calibrates 4 of 8 math samples" in proc.stderr
+    assert "rank 1/2 calibrates 4 of 8 math samples" in proc.stderr
+    plans = re.findall(r"6 -> 4 layers \| criterion=math strategy=topk budget=2 \| removed \[[0-9, ]*\] \(scores [^)]*\)", proc.stderr)
+    assert len(plans) == 2 and plans[0] == plans[1]  # lines of the two ranks may interleave
+    results = json.loads(next((tmp_path / "out").rglob("*_results.json")).read_text())
+    plan = results["config"]["prune_plan"]
+    assert plan["removed"] == list(single.removed)
+    assert plan["calibration"]["samples"] == {"math": 8}
+    assert plan["scores"] == pytest.approx(list(single.scores), abs=1e-6)
