@@ -11,7 +11,6 @@ from typing import Any
 
 from . import __version__
 from .plan import PrunePlan, atomic_write_text
-from .stats import LayerStatistics
 
 ENV_VAR = "LMMS_PRUNE_CACHE"
 
@@ -45,7 +44,7 @@ def weights_fingerprint(name_or_path: str, revision: str | None = None) -> str:
 
 
 class Cache:
-    """Entries ``stats-<key>.json`` and ``plan-<key>.json``; a corrupt one is reported and ignored."""
+    """Entries ``calibration-<key>.json`` and ``plan-<key>.json``; a corrupt one is reported and ignored."""
 
     def __init__(self, directory: str | os.PathLike | None = None):
         self.dir = Path(directory) if directory else default_cache_dir()
@@ -60,16 +59,12 @@ class Cache:
             warnings.warn(f"lmms-prune: cache entry {path} is corrupt ({err}); recomputing it", stacklevel=3)
             return None
 
-    def get_stats(self, k: str) -> LayerStatistics | None:
-        data = self._read(f"stats-{k}.json")
-        try:
-            return LayerStatistics.from_dict(data) if data is not None else None
-        except (KeyError, TypeError, ValueError) as err:
-            warnings.warn(f"lmms-prune: cache entry stats-{k}.json is corrupt ({err}); recomputing it", stacklevel=2)
-            return None
+    def get(self, kind: str, k: str) -> dict | None:
+        """The JSON entry ``<kind>-<k>.json``, or None when missing or corrupt."""
+        return self._read(f"{kind}-{k}.json")
 
-    def put_stats(self, k: str, stats: LayerStatistics) -> Path:
-        return atomic_write_text(self.dir / f"stats-{k}.json", json.dumps(stats.to_dict(), sort_keys=True))
+    def put(self, kind: str, k: str, data: dict) -> Path:
+        return atomic_write_text(self.dir / f"{kind}-{k}.json", json.dumps(data, sort_keys=True))
 
     def get_plan(self, k: str) -> PrunePlan | None:
         data = self._read(f"plan-{k}.json")

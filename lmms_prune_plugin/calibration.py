@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -201,11 +204,42 @@ def domains_for(criterion_domains: tuple[str, ...], sets: Mapping[str, str]) -> 
     return tuple(d for d in criterion_domains)
 
 
-class Calibrator:
-    """Calibrates a wrapper's model on named lmms-eval tasks, one pass per domain, cached.
+@dataclass(frozen=True)
+class DomainCalibration:
+    """One domain's statistics and where they came from."""
 
-    ``forwards`` counts the prefill forwards actually run, so callers can show that cached
-    statistics cost none.
+    stats: LayerStatistics
+    task: str
+    samples: int  # over all ranks
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return {"stats": self.stats.to_dict(), "task": self.task, "samples": self.samples, "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> DomainCalibration:
+        return cls(LayerStatistics.from_dict(data["stats"]), str(data["task"]), int(data["samples"]), str(data["fingerprint"]))
+
+
+@functools.lru_cache(maxsize=16)
+def folder_hash(path: str) -> str:
+    """Content hash of a task folder (YAML, code, shipped docs): edits invalidate cached results."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl") and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class Calibrator:
+    """Calibrates a wrapper's model on named lmms-eval tasks: one prefill pass per domain.
+
+    Results are kept in memory and in the on-disk cache under a key made of the model, the task
+    name, ``limit``, token selection and the task folders' content, so a cache hit needs neither
+    lmms-eval's TaskManager nor a forward. Angular block sizes accumulate: a request for new
+    sizes reruns the pass once for the union. ``forwards`` counts the prefill forwards run.
     """
 
     def __init__(
@@ -219,70 +253,78 @@ class Calibrator:
         cache=None,
         model_key: str = "",
     ):
+        from . import TASKS_DIR
+
         self.wrapper, self.model = wrapper, model
         self.sets, self.limit, self.tokens = dict(sets), limit, tokens
-        self.include_path, self.cache, self.model_key = include_path, cache, model_key
+        self.task_paths = [TASKS_DIR] + ([str(include_path)] if include_path else [])
+        self.cache, self.model_key = cache, model_key
         self.forwards = 0
-        self._requests: dict[str, CalibrationRequests] = {}
-        self._stats: dict[tuple[str, tuple[int, ...]], LayerStatistics] = {}
+        self._done: dict[str, DomainCalibration] = {}
         self._task_manager = None
 
     def _manager(self):
         if self._task_manager is None:
             from lmms_eval.tasks import TaskManager
 
-            from . import TASKS_DIR
-
-            paths = [TASKS_DIR] + ([self.include_path] if self.include_path else [])
-            self._task_manager = TaskManager(include_path=paths)
+            self._task_manager = TaskManager(include_path=self.task_paths)
         return self._task_manager
 
-    def requests(self, domain: str) -> CalibrationRequests:
+    def key(self, domain: str) -> str:
+        """Cache key of a domain's calibration, computed without loading any task."""
+        from .cache import key
+
         if domain not in self.sets:
             raise ValueError(f"criterion needs the {domain!r} domain, but calib_{domain} is not set")
-        if domain not in self._requests:
-            task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
-            rank, world = process_group()
-            self._requests[domain] = reqs = build_requests(
-                self.sets[domain], self._manager(), task_type, self.limit, rank, world, param=f"calib_{domain}"
-            )
-            if world > 1:
-                print(f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples", file=sys.stderr)
-        return self._requests[domain]
+        return key(
+            kind="calibration", model=self.model_key, task=self.sets[domain], limit=self.limit, tokens=self.tokens,
+            tasks=[folder_hash(p) for p in self.task_paths if Path(p).is_dir()],
+        )  # fmt: skip
 
-    def identity(self, domains: tuple[str, ...]):
-        from .plan import CalibrationIdentity
+    def requests(self, domain: str) -> CalibrationRequests:
+        task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
+        rank, world = process_group()
+        reqs = build_requests(self.sets[domain], self._manager(), task_type, self.limit, rank, world, param=f"calib_{domain}")
+        if world > 1:
+            print(f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples", file=sys.stderr)
+        return reqs
 
-        reqs = {d: self.requests(d) for d in domains}
-        return CalibrationIdentity(
-            sets={d: self.sets[d] for d in domains},
-            samples={d: r.total for d, r in reqs.items()},
-            content_hash=content_hash([[d, r.fingerprint] for d, r in sorted(reqs.items())]),
-        )
-
-    def statistics(self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()) -> dict[str, LayerStatistics]:
-        """Per-domain statistics: memory, then disk cache, then one prefill pass each."""
-        from . import cache as cache_mod
-
+    def calibrate(self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()) -> dict[str, DomainCalibration]:
+        """Each domain's calibration: from memory, else the disk cache, else one prefill pass."""
         out = {}
         for domain in domains:
-            mem_key = (domain, tuple(block_sizes))
-            if mem_key in self._stats:
-                out[domain] = self._stats[mem_key]
-                continue
-            reqs = self.requests(domain)
-            k = cache_mod.key(
-                kind="stats", model=self.model_key, fingerprint=reqs.fingerprint, tokens=self.tokens,
-                blocks=list(block_sizes),
-            )  # fmt: skip
-            stats = self.cache.get_stats(k) if self.cache else None
-            if stats is None:
-                stats = run_capture(self.wrapper, self.model, reqs, self.tokens, tuple(block_sizes))
+            k = self.key(domain)
+            have = self._done.get(domain)
+            if have is None and self.cache is not None:
+                data = self.cache.get("calibration", k)
+                try:
+                    have = DomainCalibration.from_dict(data) if data is not None else None
+                except (KeyError, TypeError, ValueError) as err:
+                    warnings.warn(f"lmms-prune: cache entry for {domain} is corrupt ({err}); recomputing it", stacklevel=2)
+            if have is None or not set(block_sizes) <= set(have.stats.angular_sum):
+                blocks = tuple(sorted(set(block_sizes) | set(have.stats.angular_sum if have else ())))
+                reqs = self.requests(domain)
+                stats = run_capture(self.wrapper, self.model, reqs, self.tokens, blocks)
                 self.forwards += stats.forwards
-                if self.cache and _is_main():
-                    self.cache.put_stats(k, stats)
-            self._stats[mem_key] = out[domain] = stats
+                have = DomainCalibration(stats, self.sets[domain], reqs.total, reqs.fingerprint)
+                if self.cache is not None and _is_main():
+                    self.cache.put("calibration", k, have.to_dict())
+            self._done[domain] = out[domain] = have
         return out
+
+    def statistics(self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()) -> dict[str, LayerStatistics]:
+        return {d: c.stats for d, c in self.calibrate(domains, block_sizes).items()}
+
+    def identity(self, domains: tuple[str, ...]):
+        """What the plan records about the data: set names, sample counts, content hash."""
+        from .plan import CalibrationIdentity
+
+        done = self.calibrate(domains)
+        return CalibrationIdentity(
+            sets={d: c.task for d, c in done.items()},
+            samples={d: c.samples for d, c in done.items()},
+            content_hash=content_hash([[d, c.fingerprint] for d, c in sorted(done.items())]),
+        )
 
 
 def process_group() -> tuple[int, int]:

@@ -109,15 +109,14 @@ class PrunedVLM(lmms):
         domains = domains_for(opts.domains, sets)
         model_key = weights_fingerprint(self.pretrained, self.revision)
         calib = Calibrator(self.base, self.hf_model, sets, limit, opts.tokens, include_path, cache, model_key)
-        calib_id = calib.identity(domains)
-        plan_key = key(kind="plan", model=model_key, identity=identity, calibration=calib_id, options=opts.cache_key(), limit=limit)
+        plan_key = key(kind="plan", identity=identity, calibration=[calib.key(d) for d in domains], options=opts.cache_key())
         cached = cache.get_plan(plan_key) if cache else None
         if cached is not None and not cached.model.mismatch(identity):
             logger.info(f"lmms-prune: using the cached plan {cache.dir / f'plan-{plan_key}.json'}")
             return cached
         stats = calib.statistics(domains, opts.block_sizes(identity.num_layers))
         self.calibration_forwards = calib.forwards
-        plan = make_plan(identity, stats, opts, calib_id)
+        plan = make_plan(identity, stats, opts, calib.identity(domains))
         if cache and _is_main():
             cache.put_plan(plan_key, plan)
         return plan
