@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from torch import nn
@@ -132,3 +133,28 @@ def remove_decoder_layers_(model: nn.Module, indices: Iterable[int]) -> tuple[in
                 setattr(config, key, type(value)(value[i] for i in keep))
         config.num_hidden_layers = len(keep)
     return removed
+
+
+@contextmanager
+def decoder_layers_removed(model: nn.Module, indices: Iterable[int]):
+    """Remove layers for the duration of the block, then put the original decoder back.
+
+    Lets a sweep evaluate many plans on one loaded model: the removed modules are kept, and
+    the list, every ``layer_idx`` and the text config are restored exactly.
+    """
+    decoder = find_decoder_layers(model)
+    configs = text_configs(model, decoder)
+    saved_cfg = [{k: v for k, v in vars(c).items() if k == "num_hidden_layers" or "layer" in k} for c in configs]
+    saved_idx = [
+        (m, m.layer_idx) for layer in decoder.layers for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)
+    ]
+    remove_decoder_layers_(model, indices)
+    try:
+        yield model
+    finally:
+        setattr(decoder.owner, decoder.path.rsplit(".", 1)[-1], decoder.layers)
+        for m, idx in saved_idx:
+            m.layer_idx = idx
+        for c, values in zip(configs, saved_cfg, strict=True):
+            for k, v in values.items():
+                setattr(c, k, v)

@@ -129,3 +129,22 @@ def test_qwen3_vl_deepstack_follows_loop_position():
         out = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert len(calls) == levels  # injected in the prefill only, every level used
     assert out.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_temporary_removal_restores_the_model_exactly():
+    from lmms_prune_plugin.layers import decoder_layers_removed
+
+    model, processor = build_tiny_vlm("qwen2_5_vl", num_layers=5)
+    batch = vlm_batch(processor)
+    full = logits(model, batch)
+    with decoder_layers_removed(model, [1, 3]):
+        assert len(find_decoder_layers(model)) == 3
+        with torch.no_grad():
+            pruned_out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert len(find_decoder_layers(model)) == 5
+    assert [l.self_attn.layer_idx for l in find_decoder_layers(model).layers] == [0, 1, 2, 3, 4]
+    assert model.config.get_text_config().num_hidden_layers == 5
+    assert torch.equal(logits(model, batch), full)
+    remove_decoder_layers_(model, [1, 3])
+    with torch.no_grad():
+        assert torch.equal(model.generate(**batch, max_new_tokens=3, do_sample=False), pruned_out)
