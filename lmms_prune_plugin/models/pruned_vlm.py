@@ -87,7 +87,7 @@ class PrunedVLM(lmms):
         self.base = build_wrapper(base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs)
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)  # the evaluator reads the instance
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
-        self.hf_model = unwrap(self.base.model)
+        self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
         self.calibration_forwards = 0
         self.plan: PrunePlan = plan_file or self._make_plan(
@@ -122,6 +122,16 @@ class PrunedVLM(lmms):
         return plan
 
     # -- delegation ------------------------------------------------------------------------
+    @property
+    def hf_model(self):
+        """The transformers model inside the base wrapper (unwrapped from accelerate/DDP)."""
+        return unwrap(self.base.model)
+
+    def clean(self) -> None:
+        # The evaluator frees the model after each run; a sweep still needs it.
+        if not self.keep_loaded:
+            self.base.clean()
+
     def generate_until(self, requests):
         return self.base.generate_until(requests)
 

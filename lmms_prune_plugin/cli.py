@@ -1,0 +1,242 @@
+"""``lmms-prune``: rank layers, export pruned checkpoints, sweep budgets, report leaderboards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CRITERIA_DEFAULT = "math,nonmath,mixed,shortgpt,angular,last,random"
+STRATEGIES_DEFAULT = "default"
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and calibration (defaults: the packaged demo model and tasks)")
+    g.add_argument("--model_args", default="", help="lmms-eval style key=value,... for pruned_vlm (pretrained=, base=, device_map=, ...)")
+    g.add_argument("--calib_math", default="prune_calib_math")
+    g.add_argument("--calib_nonmath", default="prune_calib_nonmath")
+    g.add_argument("--calib_limit", type=int, default=64, help="samples per domain")
+    g.add_argument("--include_path", default=None, help="extra lmms-eval task folder")
+    g.add_argument("--tokens", default="all", choices=["all", "text", "image", "last"])
+    g.add_argument("--plan_cache", default="true", help="cache folder, or false")
+    g.add_argument("--force_simple", action="store_true", help="use the simple (not chat) wrapper")
+
+
+def _parse_model_args(s: str) -> dict:
+    from lmms_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(s) if s else {}
+
+
+def _calib_kwargs(a) -> dict:
+    return {"calib_math": a.calib_math, "calib_nonmath": a.calib_nonmath, "calib_limit": a.calib_limit,
+            "include_path": a.include_path, "tokens": a.tokens, "plan_cache": a.plan_cache}  # fmt: skip
+
+
+def _load(a, **prune):
+    from .models.pruned_vlm import PrunedVLM, PrunedVLMSimple
+
+    cls = PrunedVLMSimple if a.force_simple else PrunedVLM
+    return cls(**(_parse_model_args(a.model_args) | _calib_kwargs(a) | prune))
+
+
+def _calibrator(a, lm):
+    from .cache import weights_fingerprint
+    from .calibration import Calibrator
+    from .models.pruned_vlm import _cache
+
+    sets = {d: t for d, t in (("math", a.calib_math), ("nonmath", a.calib_nonmath)) if t and t != "none"}
+    return Calibrator(lm.base, lm.hf_model, sets, a.calib_limit, a.tokens, a.include_path, _cache(a.plan_cache),
+                      weights_fingerprint(lm.pretrained, lm.revision))  # fmt: skip
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _budgets(s: str) -> list[int | float]:
+    out = []
+    for x in _csv(s):
+        v = float(x)
+        out.append(int(v) if v.is_integer() else v)
+    return out
+
+
+# -- rank -----------------------------------------------------------------------------------
+def cmd_rank(a) -> int:
+    from .criteria import ranks
+    from .pipeline import PruneOptions, make_plan
+    from .plan import ModelIdentity
+    from .plots import layer_profiles
+    from .plugins import get_criteria
+    from .strategies import resolve_budget
+
+    out = Path(a.out)
+    lm = _load(a, budget=0)
+    ident = ModelIdentity.of(lm.hf_model, lm.pretrained, lm.revision)
+    k = resolve_budget(a.budget, ident.num_layers)
+    calib = _calibrator(a, lm)
+    domains = tuple(calib.sets)
+    stats = calib.statistics(domains, (k,) if k else ())
+    calib_id = calib.identity(domains)
+    plans, rank_cols = {}, {}
+    for name, crit in get_criteria().items():
+        needed = [d for d in crit.domains if d != "*"]
+        if any(d not in stats for d in needed):
+            continue
+        opts = PruneOptions(criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed)
+        plan = make_plan(ident, stats, opts, calib_id)
+        plans[name] = plan
+        r = ranks(plan.scores)
+        rank_cols[name] = [int(ident.num_layers - x) for x in r]  # 1 = removed first
+        plan.save(out / "plans" / f"{name}.json")
+    sims = {d: s.similarity() for d, s in stats.items()}
+    head = ["layer", *[f"s_{d}" for d in sims], *rank_cols]
+    rows = []
+    for layer in range(ident.num_layers):
+        cells = [str(layer), *[f"{sims[d][layer]:.4f}" for d in sims]]
+        cells += [f"{rank_cols[c][layer]}{'*' if layer in plans[c].removed else ''}" for c in rank_cols]
+        rows.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print(f"{lm.pretrained}: {ident.num_layers} decoder layers; rank 1 = removed first; * = removed at budget {k}")
+    print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    png = layer_profiles(sims, {n: p.removed for n, p in plans.items()}, out / "layer_scores.png",
+                         f"{Path(lm.pretrained).name}: per-layer similarity; marks = removed at budget {k}")  # fmt: skip
+    print(f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {calib.forwards}")
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------
+def cmd_export(a) -> int:
+    import gc
+
+    from .export import export_pruned
+    from .plan import PrunePlan
+
+    margs = _parse_model_args(a.model_args)
+    if a.plan:
+        plan = PrunePlan.load(a.plan)
+        pretrained = margs.get("pretrained") or plan.model.name_or_path
+    else:
+        lm = _load(a, criterion=a.criterion, budget=a.budget, strategy=a.strategy, alpha=a.alpha, seed=a.seed)
+        plan, pretrained = lm.plan, lm.pretrained
+        del lm
+        gc.collect()
+    path = export_pruned(str(pretrained), plan, a.out, force=a.force, revision=margs.get("revision"),
+                         trust_remote_code=bool(margs.get("trust_remote_code", False)))  # fmt: skip
+    print(f"exported {pretrained} without layers {list(plan.removed)} to {path}")
+    return 0
+
+
+# -- sweep ----------------------------------------------------------------------------------
+def cmd_sweep(a) -> int:
+    from lmms_eval.tasks import TaskManager
+
+    from . import TASKS_DIR
+    from .sweep import check_tasks, plan_cells, run_sweep
+
+    tasks = _csv(a.tasks)
+    tm = TaskManager(include_path=[TASKS_DIR] + ([a.include_path] if a.include_path else []))
+    check_tasks(tasks, tm)
+    strategies = [None if s == "default" else s for s in _csv(a.strategies)]
+    cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
+    lm = _load(a, budget=0)
+    summary = run_sweep(lm, _calibrator(a, lm), cells, tasks, tm, a.out, limit=a.limit, alpha=a.alpha, min_gap=a.min_gap)
+    print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
+          f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------------
+def cmd_report(a) -> int:
+    from .plots import accuracy_vs_budget
+    from .report import check_rows, leaderboard, regimes, to_csv, to_json, to_markdown
+    from .sweep import read_rows
+
+    rows = []
+    for f in a.sweep:
+        path = Path(f)
+        if not path.exists():
+            raise ValueError(f"sweep={f!r}: no such file")
+        rows += read_rows(path)
+    check_rows(rows, a.allow_mixed)
+    board = leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
+    per = regimes(board, converge=a.converge)
+    out = Path(a.out)
+    names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "accuracy_vs_budget.png"]
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not a.force:
+        raise ValueError(f"out={str(out)!r} already holds {', '.join(existing)}; pass --force to overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(board, per)
+    (out / "leaderboard.md").write_text(md)
+    (out / "leaderboard.csv").write_text(to_csv(board))
+    (out / "leaderboard.json").write_text(to_json(board, per))
+    groups = {c: label for c, label in (("math_avg", "math tasks"), ("general_avg", "general tasks")) if any(r[c] is not None for r in board.records)}
+    accuracy_vs_budget(board.records, groups, out / "accuracy_vs_budget.png", "accuracy against layers removed")
+    print(md)
+    print(f"wrote {', '.join(names)} to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmms-prune", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("rank", help="calibrate once; per-layer similarities and each criterion's ranking")
+    _model_options(r)
+    r.add_argument("--budget", type=float, default=4)
+    r.add_argument("--strategy", default=None)
+    r.add_argument("--alpha", type=float, default=0.5)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="out/rank")
+    r.set_defaults(fn=cmd_rank)
+
+    e = sub.add_parser("export", help="write a pruned checkpoint that plain transformers loads")
+    _model_options(e)
+    e.add_argument("--criterion", default="math")
+    e.add_argument("--budget", type=float, default=4)
+    e.add_argument("--strategy", default=None)
+    e.add_argument("--alpha", type=float, default=0.5)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--plan", default=None, help="apply this plan file instead of calibrating")
+    e.add_argument("--out", required=True)
+    e.add_argument("--force", action="store_true", help="replace a different export in --out")
+    e.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("sweep", help="criteria x strategies x budgets through lmms-eval's evaluator")
+    _model_options(s)
+    s.add_argument("--criteria", default=CRITERIA_DEFAULT)
+    s.add_argument("--strategies", default=STRATEGIES_DEFAULT, help="comma list; 'default' = each criterion's own")
+    s.add_argument("--budgets", default="0,2,4,6,8")
+    s.add_argument("--tasks", default="prune_demo_math,prune_demo_nonmath")
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--alpha", type=float, default=0.5)
+    s.add_argument("--min_gap", type=int, default=2)
+    s.add_argument("--out", default="out/sweep.jsonl")
+    s.set_defaults(fn=cmd_sweep)
+
+    rp = sub.add_parser("report", help="leaderboard (Markdown, CSV, JSON), plots and regime analysis")
+    rp.add_argument("sweep", nargs="+", help="sweep JSONL file(s)")
+    rp.add_argument("--out", default="out/report")
+    rp.add_argument("--math_tasks", default=None, help="comma list; default: names that look like math")
+    rp.add_argument("--converge", type=float, default=2.0, help="spread (points) below which methods have converged")
+    rp.add_argument("--allow-mixed", dest="allow_mixed", action="store_true", help="report rows of several models together")
+    rp.add_argument("--force", action="store_true", help="overwrite existing report files")
+    rp.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ValueError as err:
+        print(f"lmms-prune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

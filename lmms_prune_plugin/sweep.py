@@ -1,0 +1,148 @@
+"""Sweeps: criteria x strategies x budgets on one loaded model, evaluated by lmms-eval.
+
+Calibration runs once per domain (every budget's angular block size captured in that pass);
+each cell then costs only its evaluation. Rows are appended to a JSONL file as cells finish,
+so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .calibration import Calibrator, _is_main, domains_for
+from .layers import decoder_layers_removed
+from .pipeline import PruneOptions, make_plan
+from .plan import ModelIdentity, PrunePlan
+from .plugins import get_criterion
+from .strategies import resolve_budget
+
+BASELINE = "none"  # criterion/strategy of the unpruned row
+
+
+@dataclass(frozen=True)
+class Cell:
+    criterion: str
+    strategy: str
+    budget: int | float
+
+    def key(self, model: str, tasks: Sequence[str], limit: int | None) -> str:
+        return json.dumps([model, self.criterion, self.strategy, self.budget, sorted(tasks), limit])
+
+
+@dataclass
+class SweepSummary:
+    cells: int
+    ran: int
+    skipped: int
+    calibration_forwards: int
+
+
+def plan_cells(criteria: Iterable[str], strategies: Iterable[str | None], budgets: Iterable[int | float]) -> list[Cell]:
+    """Every combination; budget 0 is one shared unpruned cell; ``None`` = criterion's default."""
+    cells = []
+    budgets = list(budgets)
+    if any(b == 0 for b in budgets):
+        cells.append(Cell(BASELINE, BASELINE, 0))
+    for c in criteria:
+        for s in strategies:
+            for b in budgets:
+                if b != 0:
+                    opts = PruneOptions(criterion=c, strategy=s, budget=b)  # validates names and budget
+                    cells.append(Cell(c, opts.strategy_name, b))
+    return list(dict.fromkeys(cells))
+
+
+def check_tasks(tasks: Sequence[str], task_manager) -> None:
+    known = set(task_manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path)")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a sweep file; a malformed line is an error naming it."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not a JSON line ({err.msg})") from err
+        if not isinstance(row, dict) or "criterion" not in row or "metrics" not in row:
+            raise ValueError(f"{path}:{n}: not a sweep row (needs 'criterion' and 'metrics')")
+        rows.append(row)
+    return rows
+
+
+def task_metrics(results: dict) -> dict[str, dict[str, float]]:
+    """Numeric metrics of each leaf task (no stderr, no groups) from simple_evaluate's output."""
+    subtasks = results.get("group_subtasks", {})
+    out = {}
+    for task, metrics in results.get("results", {}).items():
+        if subtasks.get(task):  # a group: its member tasks are listed themselves
+            continue
+        out[task] = {k: float(v) for k, v in metrics.items() if "stderr" not in k and isinstance(v, int | float) and not isinstance(v, bool)}
+    return out
+
+
+def run_sweep(
+    lm,
+    calibrator: Calibrator,
+    cells: Sequence[Cell],
+    tasks: Sequence[str],
+    task_manager,
+    out: str | Path,
+    limit: int | None = None,
+    alpha: float = 0.5,
+    min_gap: int = 2,
+    extra: dict[str, Any] | None = None,
+) -> SweepSummary:
+    """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    from .models import results as results_mod
+
+    out = Path(out)
+    lm.keep_loaded = True
+    model_name = lm.pretrained
+    done = {Cell(r["criterion"], r["strategy"], r["budget"]).key(r["model"], r["tasks"], r.get("limit")) for r in (read_rows(out) if out.exists() else [])}
+    todo = [c for c in cells if c.key(model_name, tasks, limit) not in done]
+    identity = ModelIdentity.of(lm.hf_model, model_name, lm.revision)
+    n = identity.num_layers
+
+    # One pass per domain feeds every cell: the union of domains and of angular block sizes.
+    pruning = [c for c in todo if c.budget != 0]
+    domains = tuple(dict.fromkeys(d for c in pruning for d in domains_for(get_criterion(c.criterion).domains, calibrator.sets)))
+    blocks = tuple(sorted({resolve_budget(c.budget, n) for c in pruning if get_criterion(c.criterion).needs_blocks}))
+    stats = calibrator.statistics(domains, blocks) if domains else {}
+    calib_id = calibrator.identity(domains) if domains else None
+
+    for cell in tqdm(todo, desc="sweep", disable=not _is_main()):
+        if cell.budget == 0:
+            plan = PrunePlan(identity, BASELINE, {}, BASELINE, {}, 0, (), ())
+        else:
+            opts = PruneOptions(criterion=cell.criterion, strategy=cell.strategy, budget=cell.budget, alpha=alpha, min_gap=min_gap)
+            needed = domains_for(get_criterion(cell.criterion).domains, calibrator.sets)
+            plan = make_plan(identity, {d: stats[d] for d in needed}, opts, calib_id)
+        removed = plan.removed
+        with decoder_layers_removed(lm.hf_model, removed):
+            results_mod.record(plan)
+            res = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager)
+        if res is None or not _is_main():  # other ranks: the harness reports on rank 0 only
+            continue
+        row = {
+            "model": model_name, "criterion": cell.criterion, "strategy": cell.strategy, "budget": cell.budget,
+            "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
+            "limit": limit, "metrics": task_metrics(res), "scores": list(plan.scores),
+            "calibration": plan.to_dict()["calibration"], **(extra or {}),
+        }  # fmt: skip
+        with out.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+    return SweepSummary(len(cells), len(todo), len(cells) - len(todo), calibrator.forwards)
