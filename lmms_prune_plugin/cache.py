@@ -56,7 +56,9 @@ class Cache:
         try:
             return json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            warnings.warn(f"lmms-prune: cache entry {path} is corrupt ({err}); recomputing it", stacklevel=3)
+            warnings.warn(
+                f"lmms-prune: cache entry {path} is corrupt ({err}); recomputing it", stacklevel=3
+            )
             return None
 
     def get(self, kind: str, k: str) -> dict | None:
@@ -71,7 +73,10 @@ class Cache:
         try:
             return PrunePlan.from_dict(data) if data is not None else None
         except ValueError as err:
-            warnings.warn(f"lmms-prune: cache entry plan-{k}.json is corrupt ({err}); recomputing it", stacklevel=2)
+            warnings.warn(
+                f"lmms-prune: cache entry plan-{k}.json is corrupt ({err}); recomputing it",
+                stacklevel=2,
+            )
             return None
 
     def put_plan(self, k: str, plan: PrunePlan) -> Path:

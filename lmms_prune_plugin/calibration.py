@@ -32,8 +32,20 @@ class CalibrationSet:
 
 
 BUILTIN_CALIBRATION_SETS = (
-    CalibrationSet("prune_calib_math", "math", "prune_calib_math", True, "generated arithmetic, bar charts, counting"),
-    CalibrationSet("prune_calib_nonmath", "nonmath", "prune_calib_nonmath", True, "easy-vqa shapes and simple scenes"),
+    CalibrationSet(
+        "prune_calib_math",
+        "math",
+        "prune_calib_math",
+        True,
+        "generated arithmetic, bar charts, counting",
+    ),
+    CalibrationSet(
+        "prune_calib_nonmath",
+        "nonmath",
+        "prune_calib_nonmath",
+        True,
+        "easy-vqa shapes and simple scenes",
+    ),
     # Online variants: real benchmarks that lmms-eval ships (need the hub).
     CalibrationSet("mathvista", "math", "mathvista_testmini", False, "MathVista testmini"),
     CalibrationSet("mathverse", "math", "mathverse_testmini", False, "MathVerse testmini"),
@@ -115,7 +127,11 @@ def build_requests(
             # chat: (ctx, doc_to_messages, gen_kwargs, ...); simple: (ctx, gen_kwargs, doc_to_visual, ...)
             args = list(inst.args)
             g = 2 if task_type == "chat" else 1
-            args[g] = dict(args[g] or {}) | {"max_new_tokens": 1, "temperature": 0, "do_sample": False}
+            args[g] = dict(args[g] or {}) | {
+                "max_new_tokens": 1,
+                "temperature": 0,
+                "do_sample": False,
+            }
             inst.arguments = tuple(args)
             requests.append(inst)
             ctx, doc_id, name, split = args[0], args[3], args[4], args[5]
@@ -127,7 +143,11 @@ def build_requests(
         )
     _check_images(requests, param, task_name, datasets)
     return CalibrationRequests(
-        task=task, requests=requests[rank::world_size], datasets=datasets, fingerprint=content_hash(hashed), total=len(requests)
+        task=task,
+        requests=requests[rank::world_size],
+        datasets=datasets,
+        fingerprint=content_hash(hashed),
+        total=len(requests),
     )
 
 
@@ -165,7 +185,10 @@ def run_capture(
     saved = dict(wrapper.task_dict)
     wrapper.task_dict.update(calib.datasets)
     try:
-        with torch.inference_mode(), LayerCapture(model, tokens=tokens, block_sizes=block_sizes) as cap:
+        with (
+            torch.inference_mode(),
+            LayerCapture(model, tokens=tokens, block_sizes=block_sizes) as cap,
+        ):
             wrapper.generate_until(list(calib.requests))
         stats = cap.statistics()
     finally:
@@ -185,7 +208,11 @@ def all_reduce(stats: LayerStatistics) -> LayerStatistics:
     for n in ns:
         flat.extend(stats.angular_sum[n])
     backend = torch.distributed.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if backend == "nccl"
+        else torch.device("cpu")
+    )
     t = torch.tensor(flat, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t)
     v = t.cpu().tolist()
@@ -194,7 +221,9 @@ def all_reduce(stats: LayerStatistics) -> LayerStatistics:
     for n in ns:
         out[n] = tuple(v[pos : pos + L - n + 1])
         pos += L - n + 1
-    return LayerStatistics(L, tuple(v[:L]), int(round(v[L])), int(round(v[L + 1])), int(round(v[L + 2])), out)
+    return LayerStatistics(
+        L, tuple(v[:L]), int(round(v[L])), int(round(v[L + 1])), int(round(v[L + 2])), out
+    )
 
 
 def domains_for(criterion_domains: tuple[str, ...], sets: Mapping[str, str]) -> tuple[str, ...]:
@@ -214,11 +243,21 @@ class DomainCalibration:
     fingerprint: str
 
     def to_dict(self) -> dict:
-        return {"stats": self.stats.to_dict(), "task": self.task, "samples": self.samples, "fingerprint": self.fingerprint}
+        return {
+            "stats": self.stats.to_dict(),
+            "task": self.task,
+            "samples": self.samples,
+            "fingerprint": self.fingerprint,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DomainCalibration:
-        return cls(LayerStatistics.from_dict(data["stats"]), str(data["task"]), int(data["samples"]), str(data["fingerprint"]))
+        return cls(
+            LayerStatistics.from_dict(data["stats"]),
+            str(data["task"]),
+            int(data["samples"]),
+            str(data["fingerprint"]),
+        )
 
 
 @functools.lru_cache(maxsize=16)
@@ -227,7 +266,11 @@ def folder_hash(path: str) -> str:
     h = hashlib.sha256()
     root = Path(path)
     for f in sorted(root.rglob("*")):
-        if f.is_file() and f.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl") and "__pycache__" not in f.parts:
+        if (
+            f.is_file()
+            and f.suffix in (".yaml", ".yml", ".py", ".json", ".jsonl")
+            and "__pycache__" not in f.parts
+        ):
             h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()
@@ -275,7 +318,9 @@ class Calibrator:
         from .cache import key
 
         if domain not in self.sets:
-            raise ValueError(f"criterion needs the {domain!r} domain, but calib_{domain} is not set")
+            raise ValueError(
+                f"criterion needs the {domain!r} domain, but calib_{domain} is not set"
+            )
         return key(
             kind="calibration", model=self.model_key, task=self.sets[domain], limit=self.limit, tokens=self.tokens,
             tasks=[folder_hash(p) for p in self.task_paths if Path(p).is_dir()],
@@ -284,12 +329,25 @@ class Calibrator:
     def requests(self, domain: str) -> CalibrationRequests:
         task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
         rank, world = process_group()
-        reqs = build_requests(self.sets[domain], self._manager(), task_type, self.limit, rank, world, param=f"calib_{domain}")
+        reqs = build_requests(
+            self.sets[domain],
+            self._manager(),
+            task_type,
+            self.limit,
+            rank,
+            world,
+            param=f"calib_{domain}",
+        )
         if world > 1:
-            print(f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples", file=sys.stderr)
+            print(
+                f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples",
+                file=sys.stderr,
+            )
         return reqs
 
-    def calibrate(self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()) -> dict[str, DomainCalibration]:
+    def calibrate(
+        self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()
+    ) -> dict[str, DomainCalibration]:
         """Each domain's calibration: from memory, else the disk cache, else one prefill pass."""
         out = {}
         for domain in domains:
@@ -300,9 +358,14 @@ class Calibrator:
                 try:
                     have = DomainCalibration.from_dict(data) if data is not None else None
                 except (KeyError, TypeError, ValueError) as err:
-                    warnings.warn(f"lmms-prune: cache entry for {domain} is corrupt ({err}); recomputing it", stacklevel=2)
+                    warnings.warn(
+                        f"lmms-prune: cache entry for {domain} is corrupt ({err}); recomputing it",
+                        stacklevel=2,
+                    )
             if have is None or not set(block_sizes) <= set(have.stats.angular_sum):
-                blocks = tuple(sorted(set(block_sizes) | set(have.stats.angular_sum if have else ())))
+                blocks = tuple(
+                    sorted(set(block_sizes) | set(have.stats.angular_sum if have else ()))
+                )
                 reqs = self.requests(domain)
                 stats = run_capture(self.wrapper, self.model, reqs, self.tokens, blocks)
                 self.forwards += stats.forwards
@@ -312,7 +375,9 @@ class Calibrator:
             self._done[domain] = out[domain] = have
         return out
 
-    def statistics(self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()) -> dict[str, LayerStatistics]:
+    def statistics(
+        self, domains: tuple[str, ...], block_sizes: tuple[int, ...] = ()
+    ) -> dict[str, LayerStatistics]:
         return {d: c.stats for d, c in self.calibrate(domains, block_sizes).items()}
 
     def identity(self, domains: tuple[str, ...]):
@@ -332,7 +397,12 @@ def process_group() -> tuple[int, int]:
     time, so one is started here (gloo on CPU, nccl on GPU); the evaluator then reuses it."""
     dist = torch.distributed
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_available() and not dist.is_initialized() and world > 1 and os.environ.get("MASTER_ADDR"):
+    if (
+        dist.is_available()
+        and not dist.is_initialized()
+        and world > 1
+        and os.environ.get("MASTER_ADDR")
+    ):
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()

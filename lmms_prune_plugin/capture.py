@@ -42,7 +42,9 @@ class LayerCapture:
 
     def __init__(self, model: nn.Module, tokens: str = "all", block_sizes: Iterable[int] = ()):
         if tokens not in TOKEN_SELECTIONS:
-            raise ValueError(f"tokens={tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}")
+            raise ValueError(
+                f"tokens={tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}"
+            )
         self.model = model
         self.tokens = tokens
         self.decoder = find_decoder_layers(model)
@@ -50,7 +52,9 @@ class LayerCapture:
         self.block_sizes = tuple(sorted(set(int(n) for n in block_sizes)))
         bad = [n for n in self.block_sizes if not 1 <= n <= self.num_layers]
         if bad:
-            raise ValueError(f"block_sizes={bad} are not allowed; each must be in [1, {self.num_layers}]")
+            raise ValueError(
+                f"block_sizes={bad} are not allowed; each must be in [1, {self.num_layers}]"
+            )
         self._image_ids = image_token_ids(model)
         self._handles: list[Any] = []
         self._reset()
@@ -69,10 +73,14 @@ class LayerCapture:
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> LayerCapture:
-        self._handles.append(self.model.register_forward_pre_hook(self._on_model_start, with_kwargs=True))
+        self._handles.append(
+            self.model.register_forward_pre_hook(self._on_model_start, with_kwargs=True)
+        )
         self._handles.append(self.model.register_forward_hook(self._on_model_end, with_kwargs=True))
         for idx, layer in enumerate(self.decoder.layers):
-            self._handles.append(layer.register_forward_pre_hook(self._layer_pre(idx), with_kwargs=True))
+            self._handles.append(
+                layer.register_forward_pre_hook(self._layer_pre(idx), with_kwargs=True)
+            )
             self._handles.append(layer.register_forward_hook(self._layer_post(idx)))
         return self
 
@@ -87,7 +95,9 @@ class LayerCapture:
     def _on_model_start(self, module, args, kwargs) -> None:
         # Transformers 5.2x passes the KV cache as ``cache``; older releases as ``past_key_values``.
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        past = (
+            cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        )
         self._active = int(past) == 0
         self._ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
         self._attn = kwargs.get("attention_mask")
@@ -112,7 +122,11 @@ class LayerCapture:
             return self._mask
         batch, seq = hidden.shape[:2]
         attn = self._attn
-        real = attn.bool() if torch.is_tensor(attn) and attn.dim() == 2 and attn.shape == (batch, seq) else None
+        real = (
+            attn.bool()
+            if torch.is_tensor(attn) and attn.dim() == 2 and attn.shape == (batch, seq)
+            else None
+        )
         if real is None:
             real = torch.ones(batch, seq, dtype=torch.bool, device=hidden.device)
         real = real.to(hidden.device)
@@ -120,7 +134,9 @@ class LayerCapture:
         if self.tokens in ("text", "image"):
             ids = self._ids
             if ids is None or ids.shape != (batch, seq):
-                raise ValueError(f"tokens={self.tokens!r} needs input_ids aligned with the decoder input")
+                raise ValueError(
+                    f"tokens={self.tokens!r} needs input_ids aligned with the decoder input"
+                )
             is_image = torch.zeros_like(real)
             for tid in self._image_ids:
                 is_image |= ids.to(hidden.device) == tid
@@ -136,7 +152,10 @@ class LayerCapture:
         if self._cos is None:
             self._cos = torch.zeros(self.num_layers, dtype=torch.float64, device=hidden.device)
             self._bad = torch.zeros(self.num_layers, dtype=torch.bool, device=hidden.device)
-            self._ang = {n: torch.zeros(self.num_layers - n + 1, dtype=torch.float64, device=hidden.device) for n in self.block_sizes}
+            self._ang = {
+                n: torch.zeros(self.num_layers - n + 1, dtype=torch.float64, device=hidden.device)
+                for n in self.block_sizes
+            }
         return mask
 
     def _layer_pre(self, idx: int):
@@ -186,7 +205,9 @@ class LayerCapture:
             samples=self._samples,
             forwards=self.forwards,
             angular_sum={
-                n: tuple(self._ang[n].tolist()) if n in self._ang else tuple(zeros[: self.num_layers - n + 1])
+                n: tuple(self._ang[n].tolist())
+                if n in self._ang
+                else tuple(zeros[: self.num_layers - n + 1])
                 for n in self.block_sizes
             },
         )

@@ -12,7 +12,11 @@ STRATEGIES_DEFAULT = "default"
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and calibration (defaults: the packaged demo model and tasks)")
-    g.add_argument("--model_args", default="", help="lmms-eval style key=value,... for pruned_vlm (pretrained=, base=, device_map=, ...)")
+    g.add_argument(
+        "--model_args",
+        default="",
+        help="lmms-eval style key=value,... for pruned_vlm (pretrained=, base=, device_map=, ...)",
+    )
     g.add_argument("--calib_math", default="prune_calib_math")
     g.add_argument("--calib_nonmath", default="prune_calib_nonmath")
     g.add_argument("--calib_limit", type=int, default=64, help="samples per domain")
@@ -45,7 +49,9 @@ def _calibrator(a, lm):
     from .calibration import Calibrator
     from .models.pruned_vlm import _cache
 
-    sets = {d: t for d, t in (("math", a.calib_math), ("nonmath", a.calib_nonmath)) if t and t != "none"}
+    sets = {
+        d: t for d, t in (("math", a.calib_math), ("nonmath", a.calib_nonmath)) if t and t != "none"
+    }
     return Calibrator(lm.base, lm.hf_model, sets, a.calib_limit, a.tokens, a.include_path, _cache(a.plan_cache),
                       weights_fingerprint(lm.pretrained, lm.revision))  # fmt: skip
 
@@ -84,7 +90,9 @@ def cmd_rank(a) -> int:
         needed = [d for d in crit.domains if d != "*"]
         if any(d not in stats for d in needed):
             continue
-        opts = PruneOptions(criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed)
+        opts = PruneOptions(
+            criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed
+        )
         plan = make_plan(ident, stats, opts, calib_id)
         plans[name] = plan
         r = ranks(plan.scores)
@@ -95,16 +103,22 @@ def cmd_rank(a) -> int:
     rows = []
     for layer in range(ident.num_layers):
         cells = [str(layer), *[f"{sims[d][layer]:.4f}" for d in sims]]
-        cells += [f"{rank_cols[c][layer]}{'*' if layer in plans[c].removed else ''}" for c in rank_cols]
+        cells += [
+            f"{rank_cols[c][layer]}{'*' if layer in plans[c].removed else ''}" for c in rank_cols
+        ]
         rows.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(f"{lm.pretrained}: {ident.num_layers} decoder layers; rank 1 = removed first; * = removed at budget {k}")
+    print(
+        f"{lm.pretrained}: {ident.num_layers} decoder layers; rank 1 = removed first; * = removed at budget {k}"
+    )
     print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     png = layer_profiles(sims, {n: p.removed for n, p in plans.items()}, out / "layer_scores.png",
                          f"{Path(lm.pretrained).name}: per-layer similarity; marks = removed at budget {k}")  # fmt: skip
-    print(f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {calib.forwards}")
+    print(
+        f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {calib.forwards}"
+    )
     return 0
 
 
@@ -120,7 +134,14 @@ def cmd_export(a) -> int:
         plan = PrunePlan.load(a.plan)
         pretrained = margs.get("pretrained") or plan.model.name_or_path
     else:
-        lm = _load(a, criterion=a.criterion, budget=a.budget, strategy=a.strategy, alpha=a.alpha, seed=a.seed)
+        lm = _load(
+            a,
+            criterion=a.criterion,
+            budget=a.budget,
+            strategy=a.strategy,
+            alpha=a.alpha,
+            seed=a.seed,
+        )
         plan, pretrained = lm.plan, lm.pretrained
         del lm
         gc.collect()
@@ -143,7 +164,17 @@ def cmd_sweep(a) -> int:
     strategies = [None if s == "default" else s for s in _csv(a.strategies)]
     cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
     lm = _load(a, budget=0)
-    summary = run_sweep(lm, _calibrator(a, lm), cells, tasks, tm, a.out, limit=a.limit, alpha=a.alpha, min_gap=a.min_gap)
+    summary = run_sweep(
+        lm,
+        _calibrator(a, lm),
+        cells,
+        tasks,
+        tm,
+        a.out,
+        limit=a.limit,
+        alpha=a.alpha,
+        min_gap=a.min_gap,
+    )
     print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
           f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
     return 0
@@ -168,14 +199,22 @@ def cmd_report(a) -> int:
     names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "accuracy_vs_budget.png"]
     existing = [n for n in names if (out / n).exists()]
     if existing and not a.force:
-        raise ValueError(f"out={str(out)!r} already holds {', '.join(existing)}; pass --force to overwrite")
+        raise ValueError(
+            f"out={str(out)!r} already holds {', '.join(existing)}; pass --force to overwrite"
+        )
     out.mkdir(parents=True, exist_ok=True)
     md = to_markdown(board, per)
     (out / "leaderboard.md").write_text(md)
     (out / "leaderboard.csv").write_text(to_csv(board))
     (out / "leaderboard.json").write_text(to_json(board, per))
-    groups = {c: label for c, label in (("math_avg", "math tasks"), ("general_avg", "general tasks")) if any(r[c] is not None for r in board.records)}
-    accuracy_vs_budget(board.records, groups, out / "accuracy_vs_budget.png", "accuracy against layers removed")
+    groups = {
+        c: label
+        for c, label in (("math_avg", "math tasks"), ("general_avg", "general tasks"))
+        if any(r[c] is not None for r in board.records)
+    }
+    accuracy_vs_budget(
+        board.records, groups, out / "accuracy_vs_budget.png", "accuracy against layers removed"
+    )
     print(md)
     print(f"wrote {', '.join(names)} to {out}")
     return 0
@@ -185,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmms-prune", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("rank", help="calibrate once; per-layer similarities and each criterion's ranking")
+    r = sub.add_parser(
+        "rank", help="calibrate once; per-layer similarities and each criterion's ranking"
+    )
     _model_options(r)
     r.add_argument("--budget", type=float, default=4)
     r.add_argument("--strategy", default=None)
@@ -206,10 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace a different export in --out")
     e.set_defaults(fn=cmd_export)
 
-    s = sub.add_parser("sweep", help="criteria x strategies x budgets through lmms-eval's evaluator")
+    s = sub.add_parser(
+        "sweep", help="criteria x strategies x budgets through lmms-eval's evaluator"
+    )
     _model_options(s)
     s.add_argument("--criteria", default=CRITERIA_DEFAULT)
-    s.add_argument("--strategies", default=STRATEGIES_DEFAULT, help="comma list; 'default' = each criterion's own")
+    s.add_argument(
+        "--strategies",
+        default=STRATEGIES_DEFAULT,
+        help="comma list; 'default' = each criterion's own",
+    )
     s.add_argument("--budgets", default="0,2,4,6,8")
     s.add_argument("--tasks", default="prune_demo_math,prune_demo_nonmath")
     s.add_argument("--limit", type=int, default=None)
@@ -218,12 +265,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="out/sweep.jsonl")
     s.set_defaults(fn=cmd_sweep)
 
-    rp = sub.add_parser("report", help="leaderboard (Markdown, CSV, JSON), plots and regime analysis")
+    rp = sub.add_parser(
+        "report", help="leaderboard (Markdown, CSV, JSON), plots and regime analysis"
+    )
     rp.add_argument("sweep", nargs="+", help="sweep JSONL file(s)")
     rp.add_argument("--out", default="out/report")
-    rp.add_argument("--math_tasks", default=None, help="comma list; default: names that look like math")
-    rp.add_argument("--converge", type=float, default=2.0, help="spread (points) below which methods have converged")
-    rp.add_argument("--allow-mixed", dest="allow_mixed", action="store_true", help="report rows of several models together")
+    rp.add_argument(
+        "--math_tasks", default=None, help="comma list; default: names that look like math"
+    )
+    rp.add_argument(
+        "--converge",
+        type=float,
+        default=2.0,
+        help="spread (points) below which methods have converged",
+    )
+    rp.add_argument(
+        "--allow-mixed",
+        dest="allow_mixed",
+        action="store_true",
+        help="report rows of several models together",
+    )
     rp.add_argument("--force", action="store_true", help="overwrite existing report files")
     rp.set_defaults(fn=cmd_report)
     return p

@@ -51,7 +51,9 @@ class Criterion:
     default_strategy: str = "topk"
     needs_blocks: bool = False  # scores blocks of n layers: capture must measure n = budget
 
-    def __call__(self, stats: Stats, num_layers: int, options: CriterionOptions | None = None) -> Scores:
+    def __call__(
+        self, stats: Stats, num_layers: int, options: CriterionOptions | None = None
+    ) -> Scores:
         options = options or CriterionOptions()
         missing = [d for d in self.domains if d != "*" and d not in stats]
         if missing or ("*" in self.domains and not stats):
@@ -62,10 +64,14 @@ class Criterion:
             )
         for domain, s in stats.items():
             if s.num_layers != num_layers:
-                raise ValueError(f"{domain} statistics have {s.num_layers} layers, the model {num_layers}")
+                raise ValueError(
+                    f"{domain} statistics have {s.num_layers} layers, the model {num_layers}"
+                )
         scores = self.fn(stats, num_layers, options)
         if len(scores.per_layer) != num_layers:
-            raise ValueError(f"criterion {self.name!r} returned {len(scores.per_layer)} scores for {num_layers} layers")
+            raise ValueError(
+                f"criterion {self.name!r} returned {len(scores.per_layer)} scores for {num_layers} layers"
+            )
         return scores
 
 
@@ -116,7 +122,9 @@ def angular(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
     else:  # arccos(cos)/pi of each layer's own input/output, from the same sums
         import math
 
-        per_layer = tuple(1.0 - math.acos(max(-1.0, min(1.0, s))) / math.pi for s in pooled.similarity())
+        per_layer = tuple(
+            1.0 - math.acos(max(-1.0, min(1.0, s))) / math.pi for s in pooled.similarity()
+        )
     return Scores(per_layer, blocks)
 
 
@@ -130,12 +138,46 @@ def random(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
 
 
 BUILTIN_CRITERIA = (
-    Criterion("math", _domain(MATH), (MATH,), "s_l(math)", "layers that change math activations least"),
-    Criterion("nonmath", _domain(NONMATH), (NONMATH,), "s_l(nonmath)", "layers that change non-math activations least"),
-    Criterion("mixed", mixed, (MATH, NONMATH), "alpha * s_l(math) + (1 - alpha) * s_l(nonmath)", "weighted mean of both domains"),
-    Criterion("mixed_rank", mixed_rank, (MATH, NONMATH), "alpha * rank_l(math) + (1 - alpha) * rank_l(nonmath)", "weighted mean of the two domain ranks"),
-    Criterion("shortgpt", shortgpt, ("*",), "1 - BI_l = s_l(all data pooled)", "ShortGPT Block Influence, no domain split"),
-    Criterion("angular", angular, ("*",), "1 - arccos(cos(h_l, h_{l+n})) / pi, all data pooled", "Gromov et al.: angular distance over a block of n", "contiguous", True),
+    Criterion(
+        "math", _domain(MATH), (MATH,), "s_l(math)", "layers that change math activations least"
+    ),
+    Criterion(
+        "nonmath",
+        _domain(NONMATH),
+        (NONMATH,),
+        "s_l(nonmath)",
+        "layers that change non-math activations least",
+    ),
+    Criterion(
+        "mixed",
+        mixed,
+        (MATH, NONMATH),
+        "alpha * s_l(math) + (1 - alpha) * s_l(nonmath)",
+        "weighted mean of both domains",
+    ),
+    Criterion(
+        "mixed_rank",
+        mixed_rank,
+        (MATH, NONMATH),
+        "alpha * rank_l(math) + (1 - alpha) * rank_l(nonmath)",
+        "weighted mean of the two domain ranks",
+    ),
+    Criterion(
+        "shortgpt",
+        shortgpt,
+        ("*",),
+        "1 - BI_l = s_l(all data pooled)",
+        "ShortGPT Block Influence, no domain split",
+    ),
+    Criterion(
+        "angular",
+        angular,
+        ("*",),
+        "1 - arccos(cos(h_l, h_{l+n})) / pi, all data pooled",
+        "Gromov et al.: angular distance over a block of n",
+        "contiguous",
+        True,
+    ),
     Criterion("last", last, (), "l (layer index)", "remove the tail"),
     Criterion("random", random, (), "U(0, 1) seeded by seed", "seeded random order"),
 )

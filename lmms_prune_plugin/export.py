@@ -36,7 +36,9 @@ def export_pruned(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
-        processor = AutoProcessor.from_pretrained(pretrained, revision=revision, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(
+            pretrained, revision=revision, trust_remote_code=trust_remote_code
+        )
         processor.save_pretrained(tmp)
         plan.save(tmp / "plan.json")
         (tmp / "README.md").write_text(model_card(plan, pretrained))
@@ -60,15 +62,22 @@ def _check_target(out: Path, plan: PrunePlan, force: bool) -> None:
             same = False
         if same:
             return
-        raise ValueError(f"out={str(out)!r} already holds a different export (its plan.json differs); pass --force to replace it")
-    raise ValueError(f"out={str(out)!r} is not empty and holds no export of ours; pass --force to replace it")
+        raise ValueError(
+            f"out={str(out)!r} already holds a different export (its plan.json differs); pass --force to replace it"
+        )
+    raise ValueError(
+        f"out={str(out)!r} is not empty and holds no export of ours; pass --force to replace it"
+    )
 
 
 def model_card(plan: PrunePlan, pretrained: str) -> str:
     """A short Markdown model card: base model, removed layers, criterion."""
     kept = plan.model.num_layers - len(plan.removed)
     cal = plan.calibration
-    sets = ", ".join(f"{d}: {t} ({cal.samples.get(d, '?')} samples)" for d, t in cal.sets.items()) or "none"
+    sets = (
+        ", ".join(f"{d}: {t} ({cal.samples.get(d, '?')} samples)" for d, t in cal.sets.items())
+        or "none"
+    )
     return f"""---
 base_model: {pretrained}
 tags: [lmms-prune, layer-pruning, vision-language-model]

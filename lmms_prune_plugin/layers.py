@@ -84,7 +84,9 @@ def text_configs(model: nn.Module, decoder: DecoderLayers) -> list:
         configs.append(root.get_text_config() if hasattr(root, "get_text_config") else root)
     owner_cfg = getattr(decoder.owner, "config", None)
     if owner_cfg is not None:
-        configs.append(owner_cfg.get_text_config() if hasattr(owner_cfg, "get_text_config") else owner_cfg)
+        configs.append(
+            owner_cfg.get_text_config() if hasattr(owner_cfg, "get_text_config") else owner_cfg
+        )
     unique = []
     for c in configs:
         if all(c is not u for u in unique):
@@ -95,13 +97,21 @@ def text_configs(model: nn.Module, decoder: DecoderLayers) -> list:
 def validate_removal(num_layers: int, indices: Iterable[int]) -> tuple[int, ...]:
     """Sorted unique indices, or an error naming what is wrong; nothing is touched."""
     indices = list(indices)
-    bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers]
+    bad = [
+        i
+        for i in indices
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers
+    ]
     if bad:
-        raise ValueError(f"layers={bad!r} are not allowed; indices must be integers in [0, {num_layers - 1}]")
+        raise ValueError(
+            f"layers={bad!r} are not allowed; indices must be integers in [0, {num_layers - 1}]"
+        )
     if len(set(indices)) != len(indices):
         raise ValueError(f"layers={indices!r} repeats an index")
     if len(indices) >= num_layers:
-        raise ValueError(f"layers={indices!r} would remove all {num_layers} layers; keep at least one")
+        raise ValueError(
+            f"layers={indices!r} would remove all {num_layers} layers; keep at least one"
+        )
     return tuple(sorted(indices))
 
 
@@ -144,9 +154,15 @@ def decoder_layers_removed(model: nn.Module, indices: Iterable[int]):
     """
     decoder = find_decoder_layers(model)
     configs = text_configs(model, decoder)
-    saved_cfg = [{k: v for k, v in vars(c).items() if k == "num_hidden_layers" or "layer" in k} for c in configs]
+    saved_cfg = [
+        {k: v for k, v in vars(c).items() if k == "num_hidden_layers" or "layer" in k}
+        for c in configs
+    ]
     saved_idx = [
-        (m, m.layer_idx) for layer in decoder.layers for m in layer.modules() if isinstance(getattr(m, "layer_idx", None), int)
+        (m, m.layer_idx)
+        for layer in decoder.layers
+        for m in layer.modules()
+        if isinstance(getattr(m, "layer_idx", None), int)
     ]
     remove_decoder_layers_(model, indices)
     try:

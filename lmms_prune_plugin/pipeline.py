@@ -32,7 +32,9 @@ class PruneOptions:
         get_strategy(self.strategy or crit.default_strategy)
         resolve_budget(self.budget, 10**9)  # type and sign; the layer count is checked later
         if self.tokens not in TOKEN_SELECTIONS:
-            raise ValueError(f"tokens={self.tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}")
+            raise ValueError(
+                f"tokens={self.tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}"
+            )
         self.criterion_options(0)
         self.strategy_options()
 
@@ -54,7 +56,9 @@ class PruneOptions:
         return CriterionOptions(alpha=self.alpha, seed=self.seed, block_sizes=blocks)
 
     def strategy_options(self) -> StrategyOptions:
-        return StrategyOptions(min_gap=self.min_gap, protect_first=self.protect_first, protect_last=self.protect_last)
+        return StrategyOptions(
+            min_gap=self.min_gap, protect_first=self.protect_first, protect_last=self.protect_last
+        )
 
     def cache_key(self) -> dict:
         return asdict(self) | {"strategy": self.strategy_name}
@@ -76,7 +80,11 @@ def make_plan(
     return PrunePlan(
         model=model,
         criterion=crit.name,
-        criterion_options={"alpha": copts.alpha, "seed": copts.seed, "block_sizes": list(copts.block_sizes)},
+        criterion_options={
+            "alpha": copts.alpha,
+            "seed": copts.seed,
+            "block_sizes": list(copts.block_sizes),
+        },
         strategy=options.strategy_name,
         strategy_options=asdict(options.strategy_options()),
         budget=options.budget,

@@ -31,11 +31,15 @@ class ModelIdentity:
     revision: str | None = None
 
     @classmethod
-    def of(cls, model: nn.Module, name_or_path: str | None = None, revision: str | None = None) -> ModelIdentity:
+    def of(
+        cls, model: nn.Module, name_or_path: str | None = None, revision: str | None = None
+    ) -> ModelIdentity:
         cfg = getattr(model, "config", None)
         decoder = find_decoder_layers(model)
         return cls(
-            name_or_path=str(name_or_path or getattr(cfg, "_name_or_path", "") or type(model).__name__),
+            name_or_path=str(
+                name_or_path or getattr(cfg, "_name_or_path", "") or type(model).__name__
+            ),
             architecture=type(model).__name__,
             model_type=str(getattr(cfg, "model_type", "")),
             num_layers=len(decoder),
@@ -46,7 +50,11 @@ class ModelIdentity:
     def mismatch(self, other: ModelIdentity) -> list[str]:
         """Fields that differ in a way that makes a plan unusable (the name may differ: local copies)."""
         keys = ("architecture", "model_type", "num_layers", "layers_path")
-        return [f"{k}: plan has {getattr(self, k)!r}, model has {getattr(other, k)!r}" for k in keys if getattr(self, k) != getattr(other, k)]
+        return [
+            f"{k}: plan has {getattr(self, k)!r}, model has {getattr(other, k)!r}"
+            for k in keys
+            if getattr(self, k) != getattr(other, k)
+        ]
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,9 @@ class PrunePlan:
     def __post_init__(self) -> None:
         validate_removal(self.model.num_layers, list(self.removed))
         if self.scores and len(self.scores) != self.model.num_layers:
-            raise ValueError(f"plan has {len(self.scores)} scores for {self.model.num_layers} layers")
+            raise ValueError(
+                f"plan has {len(self.scores)} scores for {self.model.num_layers} layers"
+            )
 
     @property
     def kept(self) -> tuple[int, ...]:
@@ -94,7 +104,9 @@ class PrunePlan:
     def from_dict(cls, data: Mapping) -> PrunePlan:
         try:
             if data.get("format") != PLAN_FORMAT:
-                raise ValueError(f"format={data.get('format')!r}, this version reads format {PLAN_FORMAT}")
+                raise ValueError(
+                    f"format={data.get('format')!r}, this version reads format {PLAN_FORMAT}"
+                )
             return cls(
                 model=ModelIdentity(**data["model"]),
                 criterion=str(data["criterion"]),

@@ -18,7 +18,9 @@ def layer_profiles(
     title: str = "",
 ) -> Path:
     """Similarity per layer for each domain, with the layers each criterion removes marked."""
-    fig, (ax, bx) = plt.subplots(2, 1, figsize=(10, 6.5), gridspec_kw={"height_ratios": [2, 1.3]}, sharex=True)
+    fig, (ax, bx) = plt.subplots(
+        2, 1, figsize=(10, 6.5), gridspec_kw={"height_ratios": [2, 1.3]}, sharex=True
+    )
     for name, values in similarity.items():
         ax.plot(range(len(values)), values, marker="o", label=f"{name} cos(h_in, h_out)")
     ax.set_ylabel("mean cosine similarity")
@@ -40,7 +42,9 @@ def layer_profiles(
     return Path(out)
 
 
-def accuracy_vs_budget(records: Sequence[Mapping], groups: Mapping[str, str], out: str | Path, title: str = "") -> Path:
+def accuracy_vs_budget(
+    records: Sequence[Mapping], groups: Mapping[str, str], out: str | Path, title: str = ""
+) -> Path:
     """One panel per task group (``{column: label}``), one line per method; the unpruned model is
     budget 0 of every line."""
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.6), squeeze=False)
@@ -48,7 +52,9 @@ def accuracy_vs_budget(records: Sequence[Mapping], groups: Mapping[str, str], ou
     methods = sorted({r["method"] for r in records if r["budget"] != 0})
     for ax, (col, label) in zip(axes[0], groups.items(), strict=True):
         for m in methods:
-            pts = sorted((r["budget"], r[col]) for r in records if r["method"] == m and r[col] is not None)
+            pts = sorted(
+                (r["budget"], r[col]) for r in records if r["method"] == m and r[col] is not None
+            )
             pts = [(0, b[col]) for b in base.values() if b[col] is not None][:1] + pts
             style = "--" if m.endswith(("+spaced", "+uniform")) else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m)

@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MATH_HINTS = ("math", "wemath", "dynamath", "logicvista", "geometry", "arith")
-PREFERRED_METRICS = ("exact_match,none", "acc,none", "accuracy,none", "relaxed_overall,none", "gpt_eval_score,none")
+PREFERRED_METRICS = (
+    "exact_match,none",
+    "acc,none",
+    "accuracy,none",
+    "relaxed_overall,none",
+    "gpt_eval_score,none",
+)
 SPACING_AWARE = ("spaced", "uniform")
 
 
@@ -44,7 +50,9 @@ def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
         raise ValueError("the sweep file holds no rows")
     models = sorted({r["model"] for r in rows})
     if len(models) > 1 and not allow_mixed:
-        raise ValueError(f"the sweep mixes rows of {len(models)} models ({', '.join(models)}); pass --allow-mixed to report them together")
+        raise ValueError(
+            f"the sweep mixes rows of {len(models)} models ({', '.join(models)}); pass --allow-mixed to report them together"
+        )
 
 
 def method(row: dict) -> str:
@@ -63,7 +71,20 @@ class Leaderboard:
 
     @property
     def columns(self) -> list[str]:
-        return ["model", "method", "criterion", "strategy", "budget", "kept_layers", "removed", *self.math_tasks, "math_avg", *self.general_tasks, "general_avg", "overall"]
+        return [
+            "model",
+            "method",
+            "criterion",
+            "strategy",
+            "budget",
+            "kept_layers",
+            "removed",
+            *self.math_tasks,
+            "math_avg",
+            *self.general_tasks,
+            "general_avg",
+            "overall",
+        ]
 
 
 def leaderboard(rows: list[dict], math_tasks: Sequence[str] | None = None) -> Leaderboard:
@@ -101,10 +122,21 @@ def regimes(board: Leaderboard, converge: float = 2.0, score: str = "overall") -
     moderate = next((i for i, p in enumerate(per) if p["spread"] < converge), None)
     start = moderate if moderate is not None else 0
     high = next(
-        (i for i in range(start, len(per)) if all(p["leader_strategy"] in SPACING_AWARE for p in per[i:])), None
+        (
+            i
+            for i in range(start, len(per))
+            if all(p["leader_strategy"] in SPACING_AWARE for p in per[i:])
+        ),
+        None,
     )
     for i, p in enumerate(per):
-        p["regime"] = "high" if high is not None and i >= high else "moderate" if moderate is not None and i >= moderate else "low"
+        p["regime"] = (
+            "high"
+            if high is not None and i >= high
+            else "moderate"
+            if moderate is not None and i >= moderate
+            else "low"
+        )
     return per
 
 
@@ -119,12 +151,24 @@ def _fmt(v) -> str:
 
 
 def to_markdown(board: Leaderboard, regime_rows: list[dict] | None = None) -> str:
-    cols = [c for c in board.columns if c not in ("criterion", "strategy") and not (c == "model" and len({r["model"] for r in board.records}) == 1)]
+    cols = [
+        c
+        for c in board.columns
+        if c not in ("criterion", "strategy")
+        and not (c == "model" and len({r["model"] for r in board.records}) == 1)
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in board.records]
     if regime_rows:
-        lines += ["", "| budget | methods | spread (points) | leader | leader score | regime |", "|---|---|---|---|---|---|"]
-        lines += [f"| {p['budget']} | {p['methods']} | {p['spread']:.1f} | {p['leader']} | {p['leader_score']:.1f} | {p['regime']} |" for p in regime_rows]
+        lines += [
+            "",
+            "| budget | methods | spread (points) | leader | leader score | regime |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {p['budget']} | {p['methods']} | {p['spread']:.1f} | {p['leader']} | {p['leader_score']:.1f} | {p['regime']} |"
+            for p in regime_rows
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -138,4 +182,12 @@ def to_csv(board: Leaderboard) -> str:
 
 
 def to_json(board: Leaderboard, regime_rows: list[dict]) -> str:
-    return json.dumps({"math_tasks": board.math_tasks, "general_tasks": board.general_tasks, "rows": board.records, "regimes": regime_rows}, indent=2)
+    return json.dumps(
+        {
+            "math_tasks": board.math_tasks,
+            "general_tasks": board.general_tasks,
+            "rows": board.records,
+            "regimes": regime_rows,
+        },
+        indent=2,
+    )

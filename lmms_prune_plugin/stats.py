@@ -23,10 +23,14 @@ class LayerStatistics:
 
     def __post_init__(self) -> None:
         if len(self.cos_sum) != self.num_layers:
-            raise ValueError(f"cos_sum has {len(self.cos_sum)} entries for {self.num_layers} layers")
+            raise ValueError(
+                f"cos_sum has {len(self.cos_sum)} entries for {self.num_layers} layers"
+            )
         for n, values in self.angular_sum.items():
             if len(values) != self.num_layers - n + 1:
-                raise ValueError(f"angular_sum[{n}] has {len(values)} entries, expected {self.num_layers - n + 1}")
+                raise ValueError(
+                    f"angular_sum[{n}] has {len(values)} entries, expected {self.num_layers - n + 1}"
+                )
 
     def similarity(self) -> list[float]:
         """Token-weighted mean cos(h_in, h_out) per layer."""
@@ -38,12 +42,16 @@ class LayerStatistics:
         """Mean angular distance between the inputs of layers l and l+n, for each start l."""
         if n not in self.angular_sum:
             have = sorted(self.angular_sum) or "none"
-            raise ValueError(f"angular distance for blocks of n={n} was not captured (captured: {have})")
+            raise ValueError(
+                f"angular distance for blocks of n={n} was not captured (captured: {have})"
+            )
         return [a / self.tokens for a in self.angular_sum[n]]
 
     def __add__(self, other: LayerStatistics) -> LayerStatistics:
         if other.num_layers != self.num_layers:
-            raise ValueError(f"cannot add statistics of {self.num_layers} and {other.num_layers} layers")
+            raise ValueError(
+                f"cannot add statistics of {self.num_layers} and {other.num_layers} layers"
+            )
         ns = set(self.angular_sum) & set(other.angular_sum)
         return LayerStatistics(
             num_layers=self.num_layers,
@@ -52,7 +60,9 @@ class LayerStatistics:
             samples=self.samples + other.samples,
             forwards=self.forwards + other.forwards,
             angular_sum={
-                n: tuple(a + b for a, b in zip(self.angular_sum[n], other.angular_sum[n], strict=True))
+                n: tuple(
+                    a + b for a, b in zip(self.angular_sum[n], other.angular_sum[n], strict=True)
+                )
                 for n in sorted(ns)
             },
         )
@@ -75,7 +85,9 @@ class LayerStatistics:
             tokens=int(data["tokens"]),
             samples=int(data["samples"]),
             forwards=int(data.get("forwards", 0)),
-            angular_sum={int(n): tuple(float(x) for x in v) for n, v in data.get("angular_sum", {}).items()},
+            angular_sum={
+                int(n): tuple(float(x) for x in v) for n, v in data.get("angular_sum", {}).items()
+            },
         )
 
 

@@ -33,7 +33,9 @@ class Strategy:
     fn: Callable[[Scores, int, list[int], StrategyOptions], list[int]]
     description: str = ""
 
-    def __call__(self, scores: Scores, budget: int | float, options: StrategyOptions | None = None) -> tuple[int, ...]:
+    def __call__(
+        self, scores: Scores, budget: int | float, options: StrategyOptions | None = None
+    ) -> tuple[int, ...]:
         options = options or StrategyOptions()
         num_layers = len(scores.per_layer)
         k = resolve_budget(budget, num_layers)
@@ -53,15 +55,21 @@ class Strategy:
 def resolve_budget(budget: int | float, num_layers: int) -> int:
     """A count of layers, or a fraction of ``num_layers`` when 0 < budget < 1 (rounded half up)."""
     if isinstance(budget, bool) or not isinstance(budget, Real) or not math.isfinite(budget):
-        raise ValueError(f"budget={budget!r} is not allowed; give a layer count or a fraction in (0, 1)")
+        raise ValueError(
+            f"budget={budget!r} is not allowed; give a layer count or a fraction in (0, 1)"
+        )
     if budget < 0:
-        raise ValueError(f"budget={budget!r} is not allowed; it must be >= 0 (a layer count or a fraction in (0, 1))")
+        raise ValueError(
+            f"budget={budget!r} is not allowed; it must be >= 0 (a layer count or a fraction in (0, 1))"
+        )
     if 0 < budget < 1:
         k = math.floor(budget * num_layers + 0.5)
     elif float(budget).is_integer():
         k = int(budget)
     else:
-        raise ValueError(f"budget={budget!r} is not allowed; above 1 it must be a whole number of layers")
+        raise ValueError(
+            f"budget={budget!r} is not allowed; above 1 it must be a whole number of layers"
+        )
     if k >= num_layers:
         raise ValueError(
             f"budget={budget!r} removes {k} of {num_layers} layers; at most {num_layers - 1} may be removed"
@@ -70,7 +78,9 @@ def resolve_budget(budget: int | float, num_layers: int) -> int:
 
 
 def eligible_layers(num_layers: int, options: StrategyOptions) -> list[int]:
-    return list(range(options.protect_first, max(options.protect_first, num_layers - options.protect_last)))
+    return list(
+        range(options.protect_first, max(options.protect_first, num_layers - options.protect_last))
+    )
 
 
 def _by_score(scores: Scores, eligible: list[int]) -> list[int]:

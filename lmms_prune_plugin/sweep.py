@@ -43,7 +43,9 @@ class SweepSummary:
     calibration_forwards: int
 
 
-def plan_cells(criteria: Iterable[str], strategies: Iterable[str | None], budgets: Iterable[int | float]) -> list[Cell]:
+def plan_cells(
+    criteria: Iterable[str], strategies: Iterable[str | None], budgets: Iterable[int | float]
+) -> list[Cell]:
     """Every combination; budget 0 is one shared unpruned cell; ``None`` = criterion's default."""
     cells = []
     budgets = list(budgets)
@@ -53,7 +55,9 @@ def plan_cells(criteria: Iterable[str], strategies: Iterable[str | None], budget
         for s in strategies:
             for b in budgets:
                 if b != 0:
-                    opts = PruneOptions(criterion=c, strategy=s, budget=b)  # validates names and budget
+                    opts = PruneOptions(
+                        criterion=c, strategy=s, budget=b
+                    )  # validates names and budget
                     cells.append(Cell(c, opts.strategy_name, b))
     return list(dict.fromkeys(cells))
 
@@ -62,7 +66,9 @@ def check_tasks(tasks: Sequence[str], task_manager) -> None:
     known = set(task_manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
-        raise ValueError(f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path)")
+        raise ValueError(
+            f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path)"
+        )
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -88,7 +94,11 @@ def task_metrics(results: dict) -> dict[str, dict[str, float]]:
     for task, metrics in results.get("results", {}).items():
         if subtasks.get(task):  # a group: its member tasks are listed themselves
             continue
-        out[task] = {k: float(v) for k, v in metrics.items() if "stderr" not in k and isinstance(v, int | float) and not isinstance(v, bool)}
+        out[task] = {
+            k: float(v)
+            for k, v in metrics.items()
+            if "stderr" not in k and isinstance(v, int | float) and not isinstance(v, bool)
+        }
     return out
 
 
@@ -112,15 +122,32 @@ def run_sweep(
     out = Path(out)
     lm.keep_loaded = True
     model_name = lm.pretrained
-    done = {Cell(r["criterion"], r["strategy"], r["budget"]).key(r["model"], r["tasks"], r.get("limit")) for r in (read_rows(out) if out.exists() else [])}
+    done = {
+        Cell(r["criterion"], r["strategy"], r["budget"]).key(r["model"], r["tasks"], r.get("limit"))
+        for r in (read_rows(out) if out.exists() else [])
+    }
     todo = [c for c in cells if c.key(model_name, tasks, limit) not in done]
     identity = ModelIdentity.of(lm.hf_model, model_name, lm.revision)
     n = identity.num_layers
 
     # One pass per domain feeds every cell: the union of domains and of angular block sizes.
     pruning = [c for c in todo if c.budget != 0]
-    domains = tuple(dict.fromkeys(d for c in pruning for d in domains_for(get_criterion(c.criterion).domains, calibrator.sets)))
-    blocks = tuple(sorted({resolve_budget(c.budget, n) for c in pruning if get_criterion(c.criterion).needs_blocks}))
+    domains = tuple(
+        dict.fromkeys(
+            d
+            for c in pruning
+            for d in domains_for(get_criterion(c.criterion).domains, calibrator.sets)
+        )
+    )
+    blocks = tuple(
+        sorted(
+            {
+                resolve_budget(c.budget, n)
+                for c in pruning
+                if get_criterion(c.criterion).needs_blocks
+            }
+        )
+    )
     stats = calibrator.statistics(domains, blocks) if domains else {}
     calib_id = calibrator.identity(domains) if domains else None
 
@@ -128,13 +155,21 @@ def run_sweep(
         if cell.budget == 0:
             plan = PrunePlan(identity, BASELINE, {}, BASELINE, {}, 0, (), ())
         else:
-            opts = PruneOptions(criterion=cell.criterion, strategy=cell.strategy, budget=cell.budget, alpha=alpha, min_gap=min_gap)
+            opts = PruneOptions(
+                criterion=cell.criterion,
+                strategy=cell.strategy,
+                budget=cell.budget,
+                alpha=alpha,
+                min_gap=min_gap,
+            )
             needed = domains_for(get_criterion(cell.criterion).domains, calibrator.sets)
             plan = make_plan(identity, {d: stats[d] for d in needed}, opts, calib_id)
         removed = plan.removed
         with decoder_layers_removed(lm.hf_model, removed):
             results_mod.record(plan)
-            res = simple_evaluate(model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager)
+            res = simple_evaluate(
+                model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
+            )
         if res is None or not _is_main():  # other ranks: the harness reports on rank 0 only
             continue
         row = {

@@ -14,4 +14,3 @@ import pytest  # noqa: E402
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own plan cache."""
     monkeypatch.setenv("LMMS_PRUNE_CACHE", str(tmp_path / "cache"))
-

@@ -1,6 +1,9 @@
 """Shared test inputs."""
 
-def vlm_batch(processor, prompts=("What colour is the shape?", "How many apples are on the table today?")):
+
+def vlm_batch(
+    processor, prompts=("What colour is the shape?", "How many apples are on the table today?")
+):
     """A left-padded batch of chat prompts, one random image each (different lengths -> padding)."""
     import numpy as np
     from PIL import Image

@@ -23,7 +23,10 @@ def reference(model, batch, mask):
     """
     with torch.no_grad():
         hs = model(**batch, output_hidden_states=True).hidden_states
-    return [float((F.cosine_similarity(hs[l].float(), hs[l + 1].float(), dim=-1) * mask).sum()) for l in range(len(hs) - 2)]
+    return [
+        float((F.cosine_similarity(hs[l].float(), hs[l + 1].float(), dim=-1) * mask).sum())
+        for l in range(len(hs) - 2)
+    ]
 
 
 def test_capture_matches_output_hidden_states_and_skips_padding(tiny):
@@ -52,16 +55,26 @@ def test_token_selections_partition_real_tokens(tiny):
     assert got["text"].tokens + got["image"].tokens == got["all"].tokens
     assert got["last"].tokens == 2
     for l in range(4):
-        assert got["text"].cos_sum[l] + got["image"].cos_sum[l] == pytest.approx(got["all"].cos_sum[l])
+        assert got["text"].cos_sum[l] + got["image"].cos_sum[l] == pytest.approx(
+            got["all"].cos_sum[l]
+        )
 
 
 def test_angular_distance_between_block_ends(tiny):
     model, _, batch = tiny
     mask = batch["attention_mask"].double()
     inputs = {}
-    handles = [layer.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
-               for i, layer in enumerate(find_decoder_layers(model).layers)]
-    handles.append(find_decoder_layers(model).layers[-1].register_forward_hook(lambda m, a, o: inputs.__setitem__(4, o if torch.is_tensor(o) else o[0])))
+    handles = [
+        layer.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0]))
+        for i, layer in enumerate(find_decoder_layers(model).layers)
+    ]
+    handles.append(
+        find_decoder_layers(model)
+        .layers[-1]
+        .register_forward_hook(
+            lambda m, a, o: inputs.__setitem__(4, o if torch.is_tensor(o) else o[0])
+        )
+    )
     with torch.no_grad(), LayerCapture(model, block_sizes=(1, 2)) as cap:
         model(**batch)
     for h in handles:
@@ -81,12 +94,19 @@ def test_angular_distance_between_block_ends(tiny):
 def test_hooks_are_removed_even_when_the_forward_raises(tiny):
     model, _, batch = tiny
     layers = find_decoder_layers(model).layers
-    counts = lambda: (len(model._forward_pre_hooks), sum(len(l._forward_hooks) + len(l._forward_pre_hooks) for l in layers))  # noqa: E731
+    counts = lambda: (
+        len(model._forward_pre_hooks),
+        sum(len(l._forward_hooks) + len(l._forward_pre_hooks) for l in layers),
+    )  # noqa: E731
     before = counts()
     with pytest.raises(RuntimeError):
         with LayerCapture(model):
             assert counts() != before
-            model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"][:1], image_grid_thw=batch["image_grid_thw"])
+            model(
+                input_ids=batch["input_ids"],
+                pixel_values=batch["pixel_values"][:1],
+                image_grid_thw=batch["image_grid_thw"],
+            )
     assert counts() == before
 
 
@@ -95,7 +115,10 @@ def test_non_finite_activations_name_the_layer(tiny):
     layer = find_decoder_layers(model).layers[2]
     handle = layer.register_forward_hook(lambda m, a, o: o * float("inf"))
     try:
-        with pytest.raises(NonFiniteActivationError, match="decoder layer 2 produced non-finite"), torch.no_grad():
+        with (
+            pytest.raises(NonFiniteActivationError, match="decoder layer 2 produced non-finite"),
+            torch.no_grad(),
+        ):
             with LayerCapture(model):
                 model(**batch)
     finally:
@@ -111,5 +134,7 @@ def test_decode_steps_are_not_measured(tiny):
 
 
 def test_bad_token_selection_is_rejected(tiny):
-    with pytest.raises(ValueError, match="tokens='words' is not allowed; choose one of: all, text, image, last"):
+    with pytest.raises(
+        ValueError, match="tokens='words' is not allowed; choose one of: all, text, image, last"
+    ):
         LayerCapture(tiny[0], tokens="words")

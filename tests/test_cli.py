@@ -22,9 +22,21 @@ def ckpt(tmp_path_factory):
 
 
 def common(ckpt, limit=8):
-    margs = ",".join(f"{k}={v}" for k, v in ({"pretrained": ckpt} | wrapper_kwargs("qwen2_5_vl")).items())
-    return ["--model_args", margs, "--calib_math", "prune_test_colours", "--calib_nonmath", "prune_test_colours_b",
-            "--include_path", TASKS, "--calib_limit", str(limit)]
+    margs = ",".join(
+        f"{k}={v}" for k, v in ({"pretrained": ckpt} | wrapper_kwargs("qwen2_5_vl")).items()
+    )
+    return [
+        "--model_args",
+        margs,
+        "--calib_math",
+        "prune_test_colours",
+        "--calib_nonmath",
+        "prune_test_colours_b",
+        "--include_path",
+        TASKS,
+        "--calib_limit",
+        str(limit),
+    ]
 
 
 def png_size(path):
@@ -51,9 +63,14 @@ def test_export_loads_with_plain_transformers_and_lmms_eval_wrappers(ckpt, tmp_p
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
 
     out = tmp_path / "export"
-    assert main(["export", *common(ckpt), "--criterion", "math", "--budget", "2", "--out", str(out)]) == 0
+    assert (
+        main(["export", *common(ckpt), "--criterion", "math", "--budget", "2", "--out", str(out)])
+        == 0
+    )
     plan = PrunePlan.load(out / "plan.json")
-    assert (out / "model.safetensors").exists() and "removed text-decoder layers" in (out / "README.md").read_text()
+    assert (out / "model.safetensors").exists() and "removed text-decoder layers" in (
+        out / "README.md"
+    ).read_text()
     text_cfg = AutoConfig.from_pretrained(out).get_text_config()
     assert text_cfg.num_hidden_layers == 4 and len(text_cfg.layer_types) == 4
 
@@ -62,11 +79,15 @@ def test_export_loads_with_plain_transformers_and_lmms_eval_wrappers(ckpt, tmp_p
     exported = AutoModelForImageTextToText.from_pretrained(out).eval()
     reference = plan.apply_(AutoModelForImageTextToText.from_pretrained(ckpt).eval())
     with torch.no_grad():
-        torch.testing.assert_close(exported(**batch).logits, reference(**batch).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            exported(**batch).logits, reference(**batch).logits, rtol=0, atol=0
+        )
 
     # lmms-eval's own wrapper on the export == pruned_vlm with the same plan
     own = get_model("qwen2_5_vl")(pretrained=str(out), **wrapper_kwargs("qwen2_5_vl"))
-    ours = PrunedVLM(pretrained=str(ckpt), plan=str(out / "plan.json"), **wrapper_kwargs("qwen2_5_vl"))
+    ours = PrunedVLM(
+        pretrained=str(ckpt), plan=str(out / "plan.json"), **wrapper_kwargs("qwen2_5_vl")
+    )
     with torch.no_grad():
         a = own.model(**batch.to(own.model.dtype)).logits
         b = ours.hf_model(**batch.to(ours.hf_model.dtype)).logits
@@ -75,12 +96,33 @@ def test_export_loads_with_plain_transformers_and_lmms_eval_wrappers(ckpt, tmp_p
 
 def test_export_refuses_to_replace_a_different_export(ckpt, tmp_path, capsys):
     out = tmp_path / "export"
-    assert main(["export", *common(ckpt), "--criterion", "math", "--budget", "1", "--out", str(out)]) == 0
+    assert (
+        main(["export", *common(ckpt), "--criterion", "math", "--budget", "1", "--out", str(out)])
+        == 0
+    )
     before = (out / "plan.json").read_text()
-    assert main(["export", *common(ckpt), "--criterion", "last", "--budget", "2", "--out", str(out)]) == 2
+    assert (
+        main(["export", *common(ckpt), "--criterion", "last", "--budget", "2", "--out", str(out)])
+        == 2
+    )
     assert "already holds a different export" in capsys.readouterr().err
     assert (out / "plan.json").read_text() == before
-    assert main(["export", *common(ckpt), "--criterion", "last", "--budget", "2", "--out", str(out), "--force"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                *common(ckpt),
+                "--criterion",
+                "last",
+                "--budget",
+                "2",
+                "--out",
+                str(out),
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert PrunePlan.load(out / "plan.json").removed == (4, 5)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
@@ -90,13 +132,29 @@ def test_export_refuses_to_replace_a_different_export(ckpt, tmp_path, capsys):
 
 def test_sweep_resumes_and_calibrates_once_per_domain(ckpt, tmp_path, capsys):
     out = tmp_path / "sweep.jsonl"
-    args = ["sweep", *common(ckpt), "--plan_cache", "false", "--criteria", "math,nonmath,mixed,mixed_rank,shortgpt,angular,last,random",
-            "--budgets", "1,2,3,4,5", "--tasks", "prune_test_colours", "--limit", "2", "--out", str(out)]
+    args = [
+        "sweep",
+        *common(ckpt),
+        "--plan_cache",
+        "false",
+        "--criteria",
+        "math,nonmath,mixed,mixed_rank,shortgpt,angular,last,random",
+        "--budgets",
+        "1,2,3,4,5",
+        "--tasks",
+        "prune_test_colours",
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+    ]
     # Stop after part of the cells to show resuming: evaluate a 3-budget sweep first.
     first = args.copy()
     first[first.index("1,2,3,4,5")] = "1,2,3"
     assert main(first) == 0
-    assert "calibration forwards: 16" in capsys.readouterr().out  # 8 math + 8 non-math: one pass each
+    assert (
+        "calibration forwards: 16" in capsys.readouterr().out
+    )  # 8 math + 8 non-math: one pass each
     assert len(out.read_text().splitlines()) == 24
     assert main(args) == 0
     msg = capsys.readouterr().out
@@ -112,24 +170,50 @@ def write_rows(path, rows):
 
 
 def row(model="m", criterion="math", strategy="topk", budget=2, math=0.5, gen=0.7):
-    return {"model": model, "criterion": criterion, "strategy": strategy, "budget": budget, "kept_layers": 12 - budget,
-            "removed": list(range(budget)), "tasks": ["demo_math", "demo_general"],
-            "metrics": {"demo_math": {"exact_match,none": math}, "demo_general": {"exact_match,none": gen}}}
+    return {
+        "model": model,
+        "criterion": criterion,
+        "strategy": strategy,
+        "budget": budget,
+        "kept_layers": 12 - budget,
+        "removed": list(range(budget)),
+        "tasks": ["demo_math", "demo_general"],
+        "metrics": {
+            "demo_math": {"exact_match,none": math},
+            "demo_general": {"exact_match,none": gen},
+        },
+    }
 
 
 def test_report_numbers_equal_the_sweep_rows(tmp_path):
     rows = [row(budget=0, criterion="none", strategy="none", math=0.9, gen=0.95)]
     for b, (m1, m2) in {2: (0.8, 0.6), 4: (0.5, 0.49), 6: (0.2, 0.3)}.items():
-        rows += [row(criterion="math", budget=b, math=m1, gen=0.7), row(criterion="nonmath", strategy="spaced", budget=b, math=m2, gen=0.7)]
+        rows += [
+            row(criterion="math", budget=b, math=m1, gen=0.7),
+            row(criterion="nonmath", strategy="spaced", budget=b, math=m2, gen=0.7),
+        ]
     write_rows(tmp_path / "s.jsonl", rows)
     assert main(["report", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r")]) == 0
     data = json.loads((tmp_path / "r" / "leaderboard.json").read_text())
     assert data["math_tasks"] == ["demo_math"] and data["general_tasks"] == ["demo_general"]
     got = {(r["method"], r["budget"]): r for r in data["rows"]}
     for src in rows:
-        rec = got[("unpruned" if src["budget"] == 0 else f"{src['criterion']}+{src['strategy']}", src["budget"])]
-        assert rec["demo_math"] == pytest.approx(100 * src["metrics"]["demo_math"]["exact_match,none"])
-        assert rec["overall"] == pytest.approx(50 * (src["metrics"]["demo_math"]["exact_match,none"] + src["metrics"]["demo_general"]["exact_match,none"]))
+        rec = got[
+            (
+                "unpruned" if src["budget"] == 0 else f"{src['criterion']}+{src['strategy']}",
+                src["budget"],
+            )
+        ]
+        assert rec["demo_math"] == pytest.approx(
+            100 * src["metrics"]["demo_math"]["exact_match,none"]
+        )
+        assert rec["overall"] == pytest.approx(
+            50
+            * (
+                src["metrics"]["demo_math"]["exact_match,none"]
+                + src["metrics"]["demo_general"]["exact_match,none"]
+            )
+        )
     regimes = {p["budget"]: p for p in data["regimes"]}
     assert regimes[2]["spread"] == pytest.approx(10.0) and regimes[2]["leader"] == "math+topk"
     assert [regimes[b]["regime"] for b in (2, 4, 6)] == ["low", "moderate", "high"]
@@ -160,6 +244,11 @@ def test_report_rejects_bad_sweep_files(tmp_path, capsys):
 
 
 def test_sweep_rejects_unknown_tasks_before_loading(ckpt, tmp_path, capsys):
-    assert main(["sweep", *common(ckpt), "--tasks", "no_such_task", "--out", str(tmp_path / "s.jsonl")]) == 2
+    assert (
+        main(
+            ["sweep", *common(ckpt), "--tasks", "no_such_task", "--out", str(tmp_path / "s.jsonl")]
+        )
+        == 2
+    )
     assert "tasks=['no_such_task']: not known to lmms-eval" in capsys.readouterr().err
     assert not (tmp_path / "s.jsonl").exists()

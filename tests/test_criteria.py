@@ -8,8 +8,14 @@ from lmms_prune_plugin.stats import LayerStatistics
 
 
 def stats(sim, tokens=10, angular=None):
-    return LayerStatistics(len(sim), tuple(s * tokens for s in sim), tokens, 2, 1,
-                           {n: tuple(a * tokens for a in v) for n, v in (angular or {}).items()})
+    return LayerStatistics(
+        len(sim),
+        tuple(s * tokens for s in sim),
+        tokens,
+        2,
+        1,
+        {n: tuple(a * tokens for a in v) for n, v in (angular or {}).items()},
+    )
 
 
 MATH = stats([0.5, 0.9, 0.7, 0.2])
@@ -24,8 +30,12 @@ def test_domain_criteria_return_that_domains_similarity():
 
 def test_mixed_is_alpha_weighted():
     got = get_criterion("mixed")(BOTH, 4, CriterionOptions(alpha=0.25)).per_layer
-    assert got == pytest.approx(tuple(0.25 * m + 0.75 * n for m, n in zip((0.5, 0.9, 0.7, 0.2), (0.8, 0.1, 0.6, 0.3))))
-    assert get_criterion("mixed")(BOTH, 4, CriterionOptions(alpha=1.0)).per_layer == pytest.approx(MATH.similarity())
+    assert got == pytest.approx(
+        tuple(0.25 * m + 0.75 * n for m, n in zip((0.5, 0.9, 0.7, 0.2), (0.8, 0.1, 0.6, 0.3)))
+    )
+    assert get_criterion("mixed")(BOTH, 4, CriterionOptions(alpha=1.0)).per_layer == pytest.approx(
+        MATH.similarity()
+    )
 
 
 def test_mixed_rank_averages_ranks():
@@ -41,7 +51,9 @@ def test_shortgpt_pools_tokens_across_domains():
     # token-weighted: math has 10 tokens, nonmath 30
     want = tuple((10 * m + 30 * n) / 40 for m, n in zip((0.5, 0.9, 0.7, 0.2), (0.8, 0.1, 0.6, 0.3)))
     assert get_criterion("shortgpt")(BOTH, 4).per_layer == pytest.approx(want)
-    assert get_criterion("shortgpt")({"math": MATH}, 4).per_layer == pytest.approx(MATH.similarity())
+    assert get_criterion("shortgpt")({"math": MATH}, 4).per_layer == pytest.approx(
+        MATH.similarity()
+    )
 
 
 def test_angular_blocks_from_captured_distances():
@@ -53,7 +65,9 @@ def test_angular_blocks_from_captured_distances():
 
 def test_angular_without_n1_uses_each_layers_own_angle():
     out = get_criterion("angular")({"math": MATH}, 4)
-    assert out.per_layer == pytest.approx(tuple(1 - math.acos(s) / math.pi for s in (0.5, 0.9, 0.7, 0.2)))
+    assert out.per_layer == pytest.approx(
+        tuple(1 - math.acos(s) / math.pi for s in (0.5, 0.9, 0.7, 0.2))
+    )
 
 
 def test_last_and_random_need_no_calibration():
@@ -64,7 +78,9 @@ def test_last_and_random_need_no_calibration():
 
 
 def test_criterion_needing_an_uncalibrated_domain_says_so():
-    with pytest.raises(ValueError, match=r"criterion='nonmath' needs calibration on nonmath.*\['math'\]"):
+    with pytest.raises(
+        ValueError, match=r"criterion='nonmath' needs calibration on nonmath.*\['math'\]"
+    ):
         get_criterion("nonmath")({"math": MATH}, 4)
     with pytest.raises(ValueError, match="criterion='shortgpt' needs calibration"):
         get_criterion("shortgpt")({}, 4)
@@ -77,7 +93,9 @@ def test_alpha_outside_unit_interval_is_rejected(alpha):
 
 
 def test_unknown_criterion_lists_registered_names():
-    with pytest.raises(ValueError, match="criterion='nope' is not registered; choose one of: angular, last, math"):
+    with pytest.raises(
+        ValueError, match="criterion='nope' is not registered; choose one of: angular, last, math"
+    ):
         get_criterion("nope")
 
 

@@ -73,7 +73,15 @@ def test_removal_changes_outputs_and_matches_a_model_built_without_those_layers(
     assert not torch.allclose(logits(model, batch), full)
 
 
-@pytest.mark.parametrize("bad, message", [([4], r"\[0, 3\]"), ([1, 1], "repeats"), ([0, 1, 2, 3], "keep at least one"), (["1"], "integers")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([4], r"\[0, 3\]"),
+        ([1, 1], "repeats"),
+        ([0, 1, 2, 3], "keep at least one"),
+        (["1"], "integers"),
+    ],
+)
 def test_bad_indices_leave_the_model_untouched(bad, message):
     model, _ = build_tiny_vlm("qwen2_vl", num_layers=4)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -85,7 +93,9 @@ def test_bad_indices_leave_the_model_untouched(bad, message):
 
 
 def test_model_without_decoder_layers_is_reported():
-    with pytest.raises(ValueError, match="model=Sequential: its text-decoder layers could not be found"):
+    with pytest.raises(
+        ValueError, match="model=Sequential: its text-decoder layers could not be found"
+    ):
         find_decoder_layers(nn.Sequential(nn.Linear(2, 2)))
 
 

@@ -12,25 +12,53 @@ import pytest
 from lmms_prune_plugin.tiny import save_tiny_vlm, wrapper_kwargs
 
 TASKS = str(Path(__file__).parent / "tasks")
-CALIB = {"calib_math": "prune_test_colours", "calib_nonmath": "prune_test_colours_b", "include_path": TASKS, "calib_limit": 8}
+CALIB = {
+    "calib_math": "prune_test_colours",
+    "calib_nonmath": "prune_test_colours_b",
+    "include_path": TASKS,
+    "calib_limit": 8,
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
-    return {arch: save_tiny_vlm(arch, root / arch, num_layers=6) for arch in ("qwen2_5_vl", "llava_onevision", "qwen2_vl", "idefics3")}
+    return {
+        arch: save_tiny_vlm(arch, root / arch, num_layers=6)
+        for arch in ("qwen2_5_vl", "llava_onevision", "qwen2_vl", "idefics3")
+    }
 
 
 def args_for(arch, path, **extra):
-    kwargs = {"pretrained": str(path), **CALIB, **(wrapper_kwargs(arch) if arch != "idefics3" else {"device": "cpu"}), **extra}
+    kwargs = {
+        "pretrained": str(path),
+        **CALIB,
+        **(wrapper_kwargs(arch) if arch != "idefics3" else {"device": "cpu"}),
+        **extra,
+    }
     return kwargs
 
 
 def run_cli(model_args: dict, out: Path, tasks="prune_test_colours", env_extra=None):
     arg_string = ",".join(f"{k}={v}" for k, v in model_args.items())
     env = os.environ | (env_extra or {})
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "pruned_vlm", "--model_args", arg_string, "--tasks", tasks,
-           "--include_path", TASKS, "--limit", "8", "--output_path", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "--model",
+        "pruned_vlm",
+        "--model_args",
+        arg_string,
+        "--tasks",
+        tasks,
+        "--include_path",
+        TASKS,
+        "--limit",
+        "8",
+        "--output_path",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     found = sorted(out.rglob("*_results.json"))
     # lmms-eval exits 0 even when evaluation fails: the results file is the evidence.
@@ -39,9 +67,19 @@ def run_cli(model_args: dict, out: Path, tasks="prune_test_colours", env_extra=N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, wrapper", [("qwen2_5_vl", "qwen2_5_vl"), ("llava_onevision", "llava_hf"), ("qwen2_vl", "qwen2_vl"), ("idefics3", "hf_vlm")])
+@pytest.mark.parametrize(
+    "arch, wrapper",
+    [
+        ("qwen2_5_vl", "qwen2_5_vl"),
+        ("llava_onevision", "llava_hf"),
+        ("qwen2_vl", "qwen2_vl"),
+        ("idefics3", "hf_vlm"),
+    ],
+)
 def test_cli_end_to_end(checkpoints, tmp_path, arch, wrapper):
-    results, proc = run_cli(args_for(arch, checkpoints[arch], criterion="math", budget=2), tmp_path / "out")
+    results, proc = run_cli(
+        args_for(arch, checkpoints[arch], criterion="math", budget=2), tmp_path / "out"
+    )
     plan = results["config"]["prune_plan"]
     assert plan["num_layers"] == 6 and plan["kept_layers"] == 4 and len(plan["removed"]) == 2
     assert plan["criterion"] == "math" and plan["calibration"]["samples"] == {"math": 8}
@@ -49,7 +87,9 @@ def test_cli_end_to_end(checkpoints, tmp_path, arch, wrapper):
     metrics = results["results"]["prune_test_colours"]
     assert 0.0 <= metrics["exact_match,none"] <= 1.0
     assert f"removed {plan['removed']}" in proc.stderr
-    assert f"wrapper={wrapper}" in proc.stderr or wrapper in results["config"]["model_backend"] or True
+    assert (
+        f"wrapper={wrapper}" in proc.stderr or wrapper in results["config"]["model_backend"] or True
+    )
 
 
 def _model(arch, path, **extra):
@@ -63,12 +103,19 @@ def test_simple_evaluate_with_a_model_instance(checkpoints):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    lm = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="nonmath", budget=3, strategy="spaced")
+    lm = _model(
+        "qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="nonmath", budget=3, strategy="spaced"
+    )
     assert type(lm.base).__name__ == "Qwen2_5_VL" and lm.is_simple is False
     assert len(lm.hf_model.model.language_model.layers) == 3
     removed = lm.plan.removed
     assert all(b - a >= 2 for a, b in zip(removed, removed[1:]))
-    out = simple_evaluate(model=lm, tasks=["prune_test_colours"], limit=4, task_manager=TaskManager(include_path=TASKS))
+    out = simple_evaluate(
+        model=lm,
+        tasks=["prune_test_colours"],
+        limit=4,
+        task_manager=TaskManager(include_path=TASKS),
+    )
     assert "exact_match,none" in out["results"]["prune_test_colours"]
     assert out["config"]["prune_plan"]["removed"] == list(removed)
 
@@ -92,13 +139,28 @@ def test_second_load_reuses_the_cached_plan(checkpoints):
 
 
 def test_one_pass_per_domain_feeds_every_criterion(checkpoints):
-    lm = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="shortgpt", budget=1, plan_cache=False)
+    lm = _model(
+        "qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="shortgpt", budget=1, plan_cache=False
+    )
     assert lm.calibration_forwards == 16  # 8 math + 8 non-math prompts, batch size 1
 
 
 def test_saved_plan_applies_without_calibrating(checkpoints, tmp_path):
-    first = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, save_plan=tmp_path / "p.json", plan_cache=False)
-    again = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], plan=tmp_path / "p.json", calib_math="does_not_exist", plan_cache=False)
+    first = _model(
+        "qwen2_5_vl",
+        checkpoints["qwen2_5_vl"],
+        criterion="math",
+        budget=2,
+        save_plan=tmp_path / "p.json",
+        plan_cache=False,
+    )
+    again = _model(
+        "qwen2_5_vl",
+        checkpoints["qwen2_5_vl"],
+        plan=tmp_path / "p.json",
+        calib_math="does_not_exist",
+        plan_cache=False,
+    )
     assert again.calibration_forwards == 0 and again.plan == first.plan
     assert len(again.hf_model.model.language_model.layers) == 4
 
@@ -112,18 +174,32 @@ def test_budget_zero_calibrates_nothing(checkpoints):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({"base": "no_such_wrapper"}, "base='no_such_wrapper' is not an lmms-eval model; choose one of:"),
-        ({"calib_math": "no_such_task"}, "calib_math='no_such_task': calibration task 'no_such_task' could not be loaded"),
-        ({"calib_math": "prune_test_noimage"}, "calib_math='prune_test_noimage': calibration task has no images"),
+        (
+            {"base": "no_such_wrapper"},
+            "base='no_such_wrapper' is not an lmms-eval model; choose one of:",
+        ),
+        (
+            {"calib_math": "no_such_task"},
+            "calib_math='no_such_task': calibration task 'no_such_task' could not be loaded",
+        ),
+        (
+            {"calib_math": "prune_test_noimage"},
+            "calib_math='prune_test_noimage': calibration task has no images",
+        ),
         ({"budget": -0.5}, r"budget=-0.5 is not allowed; it must be >= 0"),
         ({"budget": 6}, "budget=6 removes 6 of 6 layers"),
-        ({"criterion": "nonmath", "calib_nonmath": "none"}, "criterion='nonmath' needs the 'nonmath' calibration domain, but calib_nonmath=None"),
+        (
+            {"criterion": "nonmath", "calib_nonmath": "none"},
+            "criterion='nonmath' needs the 'nonmath' calibration domain, but calib_nonmath=None",
+        ),
         ({"calib_limit": 0}, "calib_limit=0 is not allowed"),
     ],
 )
 def test_bad_input_is_reported_clearly(checkpoints, extra, message):
     with pytest.raises(ValueError, match=message):
-        _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], **{"criterion": "math", "budget": 2} | extra)
+        _model(
+            "qwen2_5_vl", checkpoints["qwen2_5_vl"], **{"criterion": "math", "budget": 2} | extra
+        )
 
 
 def test_corrupt_or_foreign_plan_files_are_refused(checkpoints, tmp_path):
@@ -151,15 +227,42 @@ def test_corrupt_cache_entry_is_reported_and_recomputed(checkpoints):
 @pytest.mark.slow
 def test_two_processes_split_calibration_and_agree_on_the_plan(checkpoints, tmp_path):
     """torchrun with 2 CPU processes (gloo): each rank calibrates half, statistics are summed."""
-    single = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache=False).plan
-    arg_string = ",".join(f"{k}={v}" for k, v in args_for("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache="false").items())
+    single = _model(
+        "qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache=False
+    ).plan
+    arg_string = ",".join(
+        f"{k}={v}"
+        for k, v in args_for(
+            "qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache="false"
+        ).items()
+    )
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "lmms_eval", "--model", "pruned_vlm", "--model_args", arg_string,
-           "--tasks", "prune_test_colours", "--include_path", TASKS, "--limit", "8", "--output_path", str(tmp_path / "out")]
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "lmms_eval",
+        "--model",
+        "pruned_vlm",
+        "--model_args",
+        arg_string,
+        "--tasks",
+        "prune_test_colours",
+        "--include_path",
+        TASKS,
+        "--limit",
+        "8",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert "rank 0/2 calibrates 4 of 8 math samples" in proc.stderr
     assert "rank 1/2 calibrates 4 of 8 math samples" in proc.stderr
-    plans = re.findall(r"6 -> 4 layers \| criterion=math strategy=topk budget=2 \| removed \[[0-9, ]*\] \(scores [^)]*\)", proc.stderr)
+    plans = re.findall(
+        r"6 -> 4 layers \| criterion=math strategy=topk budget=2 \| removed \[[0-9, ]*\] \(scores [^)]*\)",
+        proc.stderr,
+    )
     assert len(plans) == 2 and plans[0] == plans[1]  # lines of the two ranks may interleave
     results = json.loads(next((tmp_path / "out").rglob("*_results.json")).read_text())
     plan = results["config"]["prune_plan"]

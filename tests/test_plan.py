@@ -14,7 +14,10 @@ def stats(sim):
     return LayerStatistics(len(sim), tuple(sim), 1, 1, 1)
 
 
-STATS = {"math": stats([0.3, 0.9, 0.8, 0.2, 0.5, 0.1]), "nonmath": stats([0.9, 0.1, 0.2, 0.8, 0.5, 0.4])}
+STATS = {
+    "math": stats([0.3, 0.9, 0.8, 0.2, 0.5, 0.1]),
+    "nonmath": stats([0.9, 0.1, 0.2, 0.8, 0.5, 0.4]),
+}
 
 
 @pytest.fixture
@@ -23,16 +26,27 @@ def model():
 
 
 def plan_for(model, **opts):
-    return make_plan(ModelIdentity.of(model, "tiny"), STATS, PruneOptions(**opts), CalibrationIdentity({"math": "m"}, {"math": 4}, "abc"))
+    return make_plan(
+        ModelIdentity.of(model, "tiny"),
+        STATS,
+        PruneOptions(**opts),
+        CalibrationIdentity({"math": "m"}, {"math": 4}, "abc"),
+    )
 
 
 def test_plan_records_everything_and_round_trips_json(model):
     plan = plan_for(model[0], criterion="math", budget=2)
     assert plan.removed == (1, 2) and plan.strategy == "topk"
-    assert plan.model.num_layers == 6 and plan.model.architecture == "Qwen2VLForConditionalGeneration"
+    assert (
+        plan.model.num_layers == 6 and plan.model.architecture == "Qwen2VLForConditionalGeneration"
+    )
     data = json.loads(plan.to_json())
     assert data["scores"] == pytest.approx([0.3, 0.9, 0.8, 0.2, 0.5, 0.1])
-    assert data["calibration"] == {"sets": {"math": "m"}, "samples": {"math": 4}, "content_hash": "abc"}
+    assert data["calibration"] == {
+        "sets": {"math": "m"},
+        "samples": {"math": 4},
+        "content_hash": "abc",
+    }
     assert PrunePlan.from_json(plan.to_json()) == plan
 
 
@@ -43,7 +57,10 @@ def test_domain_choice_changes_the_plan(model):
 
 
 def test_same_inputs_same_plan(model):
-    assert plan_for(model[0], criterion="mixed", budget=3).to_json() == plan_for(model[0], criterion="mixed", budget=3).to_json()
+    assert (
+        plan_for(model[0], criterion="mixed", budget=3).to_json()
+        == plan_for(model[0], criterion="mixed", budget=3).to_json()
+    )
 
 
 def test_apply_removes_the_planned_layers(model, tmp_path):
@@ -59,7 +76,9 @@ def test_apply_removes_the_planned_layers(model, tmp_path):
 def test_plan_for_another_model_is_refused_before_touching(model):
     other, _ = build_tiny_vlm("qwen2_vl", num_layers=5)
     plan = plan_for(model[0], criterion="math", budget=2)
-    with pytest.raises(ValueError, match="does not fit this model.*num_layers: plan has 6, model has 5"):
+    with pytest.raises(
+        ValueError, match="does not fit this model.*num_layers: plan has 6, model has 5"
+    ):
         plan.apply_(other)
     assert len(other.model.language_model.layers) == 5
 
@@ -78,8 +97,13 @@ def test_corrupt_or_missing_plan_files_name_the_file(tmp_path):
 
 @pytest.mark.parametrize(
     "opts, message",
-    [({"criterion": "nope"}, "criterion='nope' is not registered"), ({"strategy": "nope"}, "strategy='nope' is not registered"),
-     ({"budget": -2}, "budget=-2"), ({"alpha": 2}, "alpha=2"), ({"tokens": "x"}, "tokens='x'")],
+    [
+        ({"criterion": "nope"}, "criterion='nope' is not registered"),
+        ({"strategy": "nope"}, "strategy='nope' is not registered"),
+        ({"budget": -2}, "budget=-2"),
+        ({"alpha": 2}, "alpha=2"),
+        ({"tokens": "x"}, "tokens='x'"),
+    ],
 )
 def test_options_are_validated_up_front(opts, message):
     with pytest.raises(ValueError, match=message):

@@ -39,7 +39,9 @@ def test_third_party_criterion_is_usable_by_name(example_plugin):
 def test_builtins_register_through_the_same_hooks():
     names = [plugins.pm.get_name(p) for p in plugins.pm.get_plugins()]
     assert "lmms_prune_plugin.builtins" in names
-    assert {"math", "nonmath", "mixed", "shortgpt", "angular", "last", "random"} <= set(plugins.get_criteria())
+    assert {"math", "nonmath", "mixed", "shortgpt", "angular", "last", "random"} <= set(
+        plugins.get_criteria()
+    )
 
 
 def test_locator_hook_answers_for_unknown_architectures():

@@ -80,17 +80,32 @@ def test_budget_fraction_and_count():
 
 @pytest.mark.parametrize(
     "budget, message",
-    [(-1, "must be >= 0"), (-0.5, "must be >= 0"), ("six", "give a layer count"), (None, "give a layer count"),
-     (12, "at most 11 may be removed"), (2.5, "whole number"), (float("inf"), "give a layer count"), (True, "give a layer count")],
+    [
+        (-1, "must be >= 0"),
+        (-0.5, "must be >= 0"),
+        ("six", "give a layer count"),
+        (None, "give a layer count"),
+        (12, "at most 11 may be removed"),
+        (2.5, "whole number"),
+        (float("inf"), "give a layer count"),
+        (True, "give a layer count"),
+    ],
 )
 def test_bad_budgets_name_the_value(budget, message):
-    with pytest.raises(ValueError, match=f"budget={budget!r}".replace("(", r"\(").replace(")", r"\)") + ".*" + message):
+    with pytest.raises(
+        ValueError,
+        match=f"budget={budget!r}".replace("(", r"\(").replace(")", r"\)") + ".*" + message,
+    ):
         resolve_budget(budget, 12)
 
 
 def test_protected_layers_or_spacing_that_cannot_fit_the_budget():
-    with pytest.raises(ValueError, match="only 4 of 8 may be removed with protect_first=2, protect_last=2"):
-        get_strategy("topk")(Scores((0.0,) * 8), 5, StrategyOptions(protect_first=2, protect_last=2))
+    with pytest.raises(
+        ValueError, match="only 4 of 8 may be removed with protect_first=2, protect_last=2"
+    ):
+        get_strategy("topk")(
+            Scores((0.0,) * 8), 5, StrategyOptions(protect_first=2, protect_last=2)
+        )
     with pytest.raises(ValueError, match="min_gap=3 is not allowed with budget 3"):
         get_strategy("spaced")(Scores((0.0,) * 6), 3, StrategyOptions(min_gap=3))
     with pytest.raises(ValueError, match="min_gap=-1"):
@@ -98,5 +113,8 @@ def test_protected_layers_or_spacing_that_cannot_fit_the_budget():
 
 
 def test_unknown_strategy_lists_registered_names():
-    with pytest.raises(ValueError, match="strategy='best' is not registered; choose one of: contiguous, spaced, topk, uniform"):
+    with pytest.raises(
+        ValueError,
+        match="strategy='best' is not registered; choose one of: contiguous, spaced, topk, uniform",
+    ):
         get_strategy("best")

@@ -49,7 +49,9 @@ class HFVLM(lmms):
             pretrained, dtype=dtype, revision=revision, trust_remote_code=bool(trust_remote_code),
             device_map=device_map or str(self._device), **extra,
         ).eval()  # fmt: skip
-        self.processor = AutoProcessor.from_pretrained(pretrained, revision=revision, trust_remote_code=bool(trust_remote_code))
+        self.processor = AutoProcessor.from_pretrained(
+            pretrained, revision=revision, trust_remote_code=bool(trust_remote_code)
+        )
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
@@ -74,7 +76,9 @@ class HFVLM(lmms):
         images, _videos, _audios = chat.extract_media()
         messages = chat.to_hf_messages()
         for message in messages:  # the processor gets the images separately
-            message["content"] = [{"type": "image"} if c["type"] == "image" else c for c in message["content"]]
+            message["content"] = [
+                {"type": "image"} if c["type"] == "image" else c for c in message["content"]
+            ]
         return messages, images
 
     @staticmethod
@@ -83,8 +87,13 @@ class HFVLM(lmms):
         content = [{"type": "image"} for _ in visuals] + [{"type": "text", "text": ctx}]
         return [{"role": "user", "content": content}], visuals
 
-    def _encode(self, conversations: list[tuple[list[dict], list]], suffixes: list[str] | None = None):
-        texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in conversations]
+    def _encode(
+        self, conversations: list[tuple[list[dict], list]], suffixes: list[str] | None = None
+    ):
+        texts = [
+            self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+            for m, _ in conversations
+        ]
         if suffixes is not None:
             texts = [t + s for t, s in zip(texts, suffixes, strict=True)]
         images = [imgs for _, imgs in conversations]
@@ -99,7 +108,9 @@ class HFVLM(lmms):
         tok.padding_side = "left"  # generation continues each row from its last real token
         out: list[str] = []
         try:
-            for start in tqdm(range(0, len(requests), self.batch_size), disable=self.rank != 0, desc="hf_vlm"):
+            for start in tqdm(
+                range(0, len(requests), self.batch_size), disable=self.rank != 0, desc="hf_vlm"
+            ):
                 chunk = requests[start : start + self.batch_size]
                 gen = self._gen_kwargs(chunk[0].args)
                 inputs = self._encode([self._conversation(r.args) for r in chunk])
@@ -133,7 +144,12 @@ class HFVLM(lmms):
                 logits = self._model(**full).logits[0, n_prompt - 1 : -1].float()
             target = full["input_ids"][0, n_prompt:]
             logprobs = torch.log_softmax(logits, dim=-1)
-            out.append((float(logprobs.gather(1, target[:, None]).sum()), bool((logits.argmax(-1) == target).all())))
+            out.append(
+                (
+                    float(logprobs.gather(1, target[:, None]).sum()),
+                    bool((logits.argmax(-1) == target).all()),
+                )
+            )
         return out
 
     def generate_until_multi_round(self, requests) -> list[str]:

@@ -25,7 +25,17 @@ WRAPPERS = {
 }
 FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
 
-OPTION_FIELDS = ("criterion", "budget", "strategy", "alpha", "seed", "min_gap", "protect_first", "protect_last", "tokens")
+OPTION_FIELDS = (
+    "criterion",
+    "budget",
+    "strategy",
+    "alpha",
+    "seed",
+    "min_gap",
+    "protect_first",
+    "protect_last",
+    "tokens",
+)
 
 
 def _none(value: Any) -> Any:
@@ -68,10 +78,18 @@ class PrunedVLM(lmms):
             min_gap=min_gap, protect_first=protect_first, protect_last=protect_last, tokens=tokens,
         )  # fmt: skip
         calib_limit = _none(calib_limit)
-        if calib_limit is not None and (isinstance(calib_limit, bool) or not isinstance(calib_limit, int) or calib_limit < 1):
-            raise ValueError(f"calib_limit={calib_limit!r} is not allowed; give a positive integer or none")
+        if calib_limit is not None and (
+            isinstance(calib_limit, bool) or not isinstance(calib_limit, int) or calib_limit < 1
+        ):
+            raise ValueError(
+                f"calib_limit={calib_limit!r} is not allowed; give a positive integer or none"
+            )
         plan_file = PrunePlan.load(plan) if _none(plan) else None
-        sets = {d: t for d, t in (("math", calib_math), ("nonmath", calib_nonmath)) if _none(t) is not None}
+        sets = {
+            d: t
+            for d, t in (("math", calib_math), ("nonmath", calib_nonmath))
+            if _none(t) is not None
+        }
         if plan_file is None and self.options.budget != 0:
             missing = [d for d in self.options.domains if d != "*" and d not in sets]
             if missing or ("*" in self.options.domains and not sets):
@@ -84,8 +102,12 @@ class PrunedVLM(lmms):
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
         self.pretrained, self.revision = str(pretrained), _none(revision)
         base_name = _none(base) or pick_wrapper(self.pretrained, trust_remote_code, self.revision)
-        self.base = build_wrapper(base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs)
-        self.is_simple = getattr(self.base, "is_simple", self.is_simple)  # the evaluator reads the instance
+        self.base = build_wrapper(
+            base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
+        )
+        self.is_simple = getattr(
+            self.base, "is_simple", self.is_simple
+        )  # the evaluator reads the instance
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
         self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
@@ -108,8 +130,15 @@ class PrunedVLM(lmms):
             return PrunePlan(identity, opts.criterion, {}, opts.strategy_name, {}, 0, (), ())
         domains = domains_for(opts.domains, sets)
         model_key = weights_fingerprint(self.pretrained, self.revision)
-        calib = Calibrator(self.base, self.hf_model, sets, limit, opts.tokens, include_path, cache, model_key)
-        plan_key = key(kind="plan", identity=identity, calibration=[calib.key(d) for d in domains], options=opts.cache_key())
+        calib = Calibrator(
+            self.base, self.hf_model, sets, limit, opts.tokens, include_path, cache, model_key
+        )
+        plan_key = key(
+            kind="plan",
+            identity=identity,
+            calibration=[calib.key(d) for d in domains],
+            options=opts.cache_key(),
+        )
         cached = cache.get_plan(plan_key) if cache else None
         if cached is not None and not cached.model.mismatch(identity):
             logger.info(f"lmms-prune: using the cached plan {cache.dir / f'plan-{plan_key}.json'}")
@@ -178,11 +207,15 @@ def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict
     return str(DEMO_MODEL_DIR), demo_model_args() | base_kwargs
 
 
-def pick_wrapper(pretrained: str, trust_remote_code: bool = False, revision: str | None = None) -> str:
+def pick_wrapper(
+    pretrained: str, trust_remote_code: bool = False, revision: str | None = None
+) -> str:
     """The lmms-eval wrapper for the checkpoint's model_type, else our generic one."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.from_pretrained(pretrained, trust_remote_code=bool(trust_remote_code), revision=revision)
+    cfg = AutoConfig.from_pretrained(
+        pretrained, trust_remote_code=bool(trust_remote_code), revision=revision
+    )
     return WRAPPERS.get(getattr(cfg, "model_type", ""), FALLBACK_WRAPPER)
 
 
@@ -214,4 +247,3 @@ def describe(plan: PrunePlan) -> str:
         f"{plan.model.num_layers} -> {kept} layers | criterion={plan.criterion} strategy={plan.strategy} "
         f"budget={plan.budget} | removed {list(plan.removed)} (scores {scores})"
     )
-
