@@ -1,21 +1,3 @@
 #!/usr/bin/env bash
-# The pruning-regime study on Qwen/Qwen2.5-VL-7B-Instruct, budgets 0-12, on one GPU node.
-# Calibration uses the online math / non-math sets (MathVista testmini, ScienceQA images);
-# swap in prune_calib_math / prune_calib_nonmath for the offline ones.
-set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/tasks.sh"
-out=${OUT:-out/study_qwen2_5_vl_7b}
-mkdir -p "$out"
-
-lmms-prune rank --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,device_map=auto \
-  --calib_math mathvista --calib_nonmath scienceqa --calib_limit 256 --budget 6 --out "$out/rank"
-
-lmms-prune sweep --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,device_map=auto \
-  --calib_math mathvista --calib_nonmath scienceqa --calib_limit 256 \
-  --criteria math,nonmath,mixed,shortgpt,angular,last,random \
-  --strategies default,spaced \
-  --budgets 0,1,2,3,4,5,6,7,8,9,10,11,12 \
-  --tasks "$MATH_TASKS,$GENERAL_TASKS" --out "$out/sweep.jsonl"
-
-lmms-prune report "$out/sweep.jsonl" --math_tasks "$MATH_TASKS" --out "$out/report" --force
+# The study on Qwen2.5-VL-7B-Instruct (lmms-eval wrapper qwen2_5_vl).
+exec "$(dirname "$0")/study.sh" Qwen/Qwen2.5-VL-7B-Instruct "${OUT:-out/study_qwen2_5_vl_7b}"

@@ -101,13 +101,10 @@ class PrunedVLM(lmms):
 
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
         self.pretrained, self.revision = str(pretrained), _none(revision)
-        base_name = _none(base) or pick_wrapper(self.pretrained, trust_remote_code, self.revision)
-        self.base = build_wrapper(
-            base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
-        )
-        self.is_simple = getattr(
-            self.base, "is_simple", self.is_simple
-        )  # the evaluator reads the instance
+        self.base_name = _none(base) or pick_wrapper(self.pretrained, trust_remote_code, self.revision)
+        self.base = build_wrapper(self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs)
+        # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
+        self.is_simple = getattr(self.base, "is_simple", self.is_simple)
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
         self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
@@ -120,7 +117,7 @@ class PrunedVLM(lmms):
         if _none(save_plan) and _is_main():
             self.plan.save(save_plan)
         results.record(self.plan)
-        print(describe(self.plan), file=sys.stderr)
+        print(f"{describe(self.plan)} | base={self.base_name}", file=sys.stderr)
 
     # -- pruning ---------------------------------------------------------------------------
     def _make_plan(self, sets, limit, include_path, cache) -> PrunePlan:
