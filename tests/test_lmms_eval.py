@@ -213,7 +213,9 @@ def test_two_processes_split_calibration_and_agree_on_the_plan(checkpoints, tmp_
         "qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache=False
     ).plan
     torchrun = (str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2")
-    margs = args_for("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache="false")
+    margs = args_for(
+        "qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2, plan_cache="false"
+    )
     results, proc = run_cli(margs, tmp_path / "out", launcher=torchrun)
     assert "rank 0/2 calibrates 4 of 8 math samples" in proc.stderr
     assert "rank 1/2 calibrates 4 of 8 math samples" in proc.stderr
@@ -226,3 +228,32 @@ def test_two_processes_split_calibration_and_agree_on_the_plan(checkpoints, tmp_
     assert plan["removed"] == list(single.removed)
     assert plan["calibration"]["samples"] == {"math": 8}
     assert plan["scores"] == pytest.approx(list(single.scores), abs=1e-6)
+
+
+def test_hf_vlm_scores_multiple_choice_by_loglikelihood(checkpoints):
+    """Our generic wrapper's loglikelihood path on lmms-eval multiple-choice requests.
+
+    (lmms-eval 0.7.3's evaluator turns every loglikelihood result into a string, so multiple
+    choice tasks fail there for every wrapper; the requests are run directly.)
+    """
+    import math
+
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLMSimple
+
+    lm = PrunedVLMSimple(
+        pretrained=str(checkpoints["idefics3"]), device="cpu", criterion="last", budget=2
+    )
+    assert lm.base_name == "hf_vlm" and lm.is_simple
+    task = get_task_dict(["prune_test_choice"], TaskManager(include_path=TASKS), "simple")[
+        "prune_test_choice"
+    ]
+    task.build_all_requests(limit=2)
+    lm.task_dict["prune_test_choice"] = task.dataset
+    lls = lm.loglikelihood(task.instances)
+    assert len(lls) == 8  # 2 docs x 4 choices
+    for doc in range(2):
+        per_choice = [ll for ll, _ in lls[4 * doc : 4 * doc + 4]]
+        assert all(math.isfinite(x) and x < 0 for x in per_choice)
+        assert sum(math.exp(x) for x in per_choice) <= 1.0 + 1e-6  # distinct continuations

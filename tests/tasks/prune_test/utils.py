@@ -15,3 +15,7 @@ def doc_to_text(doc, lmms_eval_specific_kwargs=None):
 
 def process_results(doc, results):
     return {"exact_match": float(results[0].strip().lower() == doc["answer"])}
+
+
+def doc_to_target(doc):
+    return list(COLOURS).index(doc["answer"])
