@@ -56,7 +56,7 @@ def accuracy_vs_budget(
                 (r["budget"], r[col]) for r in records if r["method"] == m and r[col] is not None
             )
             pts = [(0, b[col]) for b in base.values() if b[col] is not None][:1] + pts
-            style = "--" if m.endswith(("+spaced", "+uniform")) else "-"
+            style = "--" if m.endswith("+spaced") or m == "uniform" else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m)
         ax.set_title(label)
         ax.set_xlabel("layers removed (budget)")

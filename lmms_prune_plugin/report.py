@@ -56,7 +56,11 @@ def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
 
 
 def method(row: dict) -> str:
-    return "unpruned" if row["budget"] == 0 else f"{row['criterion']}+{row['strategy']}"
+    if row["budget"] == 0:
+        return "unpruned"
+    if row["strategy"] == "uniform":  # scores ignored: the criterion is immaterial
+        return "uniform"
+    return f"{row['criterion']}+{row['strategy']}"
 
 
 def _mean(xs: list[float]) -> float | None:

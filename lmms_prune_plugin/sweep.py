@@ -23,6 +23,7 @@ from .plugins import get_criterion
 from .strategies import resolve_budget
 
 BASELINE = "none"  # criterion/strategy of the unpruned row
+SCORE_FREE = "uniform"  # the strategy that ignores scores
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,11 @@ class SweepSummary:
 def plan_cells(
     criteria: Iterable[str], strategies: Iterable[str | None], budgets: Iterable[int | float]
 ) -> list[Cell]:
-    """Every combination; budget 0 is one shared unpruned cell; ``None`` = criterion's default."""
+    """Every combination; budget 0 is one shared unpruned cell; ``None`` = criterion's default.
+
+    ``uniform`` ignores scores, so it is one cell per budget (with the calibration-free ``last``
+    criterion) however many criteria are swept.
+    """
     cells = []
     budgets = list(budgets)
     if any(b == 0 for b in budgets):
@@ -55,10 +60,9 @@ def plan_cells(
         for s in strategies:
             for b in budgets:
                 if b != 0:
-                    opts = PruneOptions(
-                        criterion=c, strategy=s, budget=b
-                    )  # validates names and budget
-                    cells.append(Cell(c, opts.strategy_name, b))
+                    opts = PruneOptions(criterion=c, strategy=s, budget=b)  # validates all three
+                    name = opts.strategy_name
+                    cells.append(Cell("last" if name == SCORE_FREE else c, name, b))
     return list(dict.fromkeys(cells))
 
 

@@ -252,3 +252,17 @@ def test_sweep_rejects_unknown_tasks_before_loading(ckpt, tmp_path, capsys):
     )
     assert "tasks=['no_such_task']: not known to lmms-eval" in capsys.readouterr().err
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_sweep_cells_share_the_baseline_and_the_score_free_strategy():
+    from lmms_prune_plugin.sweep import Cell, plan_cells
+
+    cells = plan_cells(["math", "nonmath"], [None, "uniform", "spaced"], [0, 2, 4])
+    assert cells[0] == Cell("none", "none", 0)
+    assert [c for c in cells if c.strategy == "uniform"] == [
+        Cell("last", "uniform", 2),
+        Cell("last", "uniform", 4),
+    ]
+    assert len(cells) == 1 + 2 + 2 * 2 * 2
+    with pytest.raises(ValueError, match="budget=-1"):
+        plan_cells(["math"], [None], [-1])
