@@ -101,7 +101,9 @@ class PrunedVLM(lmms):
 
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
         self.pretrained, self.revision = str(pretrained), _none(revision)
-        self.base_name = _none(base) or pick_wrapper(self.pretrained, trust_remote_code, self.revision)
+        if trust_remote_code:  # off unless the user turns it on; then the base wrapper gets it
+            base_kwargs["trust_remote_code"] = True
+        self.base_name = _none(base) or pick_wrapper(self.pretrained, self.revision)
         self.base = build_wrapper(self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs)
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
@@ -204,16 +206,13 @@ def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict
     return str(DEMO_MODEL_DIR), demo_model_args() | base_kwargs
 
 
-def pick_wrapper(
-    pretrained: str, trust_remote_code: bool = False, revision: str | None = None
-) -> str:
+def pick_wrapper(pretrained: str, revision: str | None = None) -> str:
     """The lmms-eval wrapper for the checkpoint's model_type, else our generic one."""
-    from transformers import AutoConfig
+    from transformers import PretrainedConfig
 
-    cfg = AutoConfig.from_pretrained(
-        pretrained, trust_remote_code=bool(trust_remote_code), revision=revision
-    )
-    return WRAPPERS.get(getattr(cfg, "model_type", ""), FALLBACK_WRAPPER)
+    # The raw config dict is enough for model_type: no config class, no remote code to run.
+    cfg, _ = PretrainedConfig.get_config_dict(pretrained, revision=revision)
+    return WRAPPERS.get(cfg.get("model_type", ""), FALLBACK_WRAPPER)
 
 
 def build_wrapper(name: str, simple: bool, **kwargs: Any) -> lmms:

@@ -1,0 +1,236 @@
+"""Part 3: what a cached plan adds to loading a model through lmms-eval.
+
+Compares constructing ``pruned_vlm`` whose plan is already in the cache with constructing the
+plain lmms-eval wrapper on the same checkpoint (interleaved, medians). A profile of both then
+shows where any extra time goes.
+
+Setting up: the calibration statistics are put into the cache first by a ``Calibrator`` built as
+``pruned_vlm`` builds its own (see :mod:`benchmarks.tiny_vlm`), so the first ``pruned_vlm`` load
+only makes and stores the plan; every later load finds the plan.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import gc
+import os
+import pstats
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .common import interleaved, log, median, paired_ratios, progress, ratio, summarize, timed
+from .tiny_vlm import ARCH, TEST_TASKS, calibration_args, calibrator
+
+OWN_PACKAGE = f"{os.sep}lmms_prune_plugin{os.sep}"
+
+
+@contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _profile(fn, n: int) -> pstats.Stats:
+    prof = cProfile.Profile()
+    for _ in range(n):
+        gc.collect()
+        prof.enable()
+        obj = fn()
+        prof.disable()
+        del obj
+    return pstats.Stats(prof)
+
+
+def _cumulative(stats: pstats.Stats, n: int) -> dict[str, float]:
+    """Milliseconds per construction for each function, keyed 'file:function'."""
+    out = {}
+    for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        key = f"{file}:{func}"
+        out[key] = max(out.get(key, 0.0), ct * 1000 / n)
+    return out
+
+
+def _short(key: str) -> str:
+    file, func = key.rsplit(":", 1)
+    if OWN_PACKAGE in file:
+        file = "lmms_prune_plugin/" + file.split(OWN_PACKAGE, 1)[1]
+    elif "site-packages" in file:
+        file = file.split("site-packages" + os.sep, 1)[1]
+    return f"{file}:{func}"
+
+
+def breakdown(plain_fn, cached_fn, n: int) -> dict[str, Any]:
+    """Profile both constructions; list our own functions by cumulative time per construction.
+
+    Profiling slows Python-heavy code more than native code, so these are shares, not timings.
+    """
+    plain = _cumulative(_profile(plain_fn, n), n)
+    cached = _cumulative(_profile(cached_fn, n), n)
+    total_plain = max(plain.values())
+    total_cached = max(cached.values())
+    own = sorted(
+        (
+            (k, v)
+            for k, v in cached.items()
+            if OWN_PACKAGE in k.rsplit(":", 1)[0] and not k.endswith(":<module>")
+        ),
+        key=lambda kv: -kv[1],
+    )
+    # lmms-eval's TaskManager (lmms_eval/tasks/__init__.py) indexes every task YAML it ships.
+    tm_file = os.path.join("lmms_eval", "tasks", "__init__.py")
+    tm_ms = max(
+        (
+            v
+            for k, v in cached.items()
+            if k.rsplit(":", 1)[0].endswith(tm_file) and k.endswith(":__init__")
+        ),
+        default=0.0,
+    )
+    return {
+        "profiled_ms_per_construction": {"plain": total_plain, "cached": total_cached},
+        "own_functions_ms": [{"function": _short(k), "ms": v} for k, v in own[:12]],
+        "task_manager_ms": tm_ms,
+        "task_manager_built": tm_ms > 0,
+    }
+
+
+def direct_timers(checkpoint: Path, include_path: str) -> dict[str, float]:
+    """Milliseconds of the cached path's own steps, called directly (median of 5)."""
+    out: dict[str, float] = {}
+    steps: dict[str, Any] = {}
+    try:
+        from lmms_prune_plugin.cache import weights_fingerprint
+
+        steps["weights_fingerprint"] = lambda: weights_fingerprint(str(checkpoint))
+    except ImportError:
+        pass
+    try:
+        from lmms_prune_plugin.models.pruned_vlm import pick_wrapper
+
+        steps["pick_wrapper (config.json)"] = lambda: pick_wrapper(str(checkpoint))
+    except ImportError:
+        pass
+    try:
+        from lmms_prune_plugin import TASKS_DIR
+        from lmms_prune_plugin.calibration import folder_hash
+
+        # Memoised within a process: time the uncached work that every new process pays once.
+        uncached = getattr(folder_hash, "__wrapped__", folder_hash)
+        steps["folder_hash(package tasks), first call"] = lambda: uncached(TASKS_DIR)
+        steps["folder_hash(include_path), first call"] = lambda: uncached(include_path)
+    except ImportError:
+        pass
+    for name, fn in steps.items():
+        fn()
+        out[name] = median([timed(fn)[0] * 1000 for _ in range(5)])
+    return out
+
+
+def task_manager_ms(include_path: str) -> dict[str, float]:
+    """What a calibrating load pays to find its tasks: lmms-eval's full task index vs. only ours."""
+    from lmms_eval.tasks import TaskManager
+
+    from lmms_prune_plugin import TASKS_DIR
+
+    paths = [TASKS_DIR, include_path]
+    full, _ = timed(lambda: TaskManager(include_path=paths))
+    ours, _ = timed(lambda: TaskManager(include_path=paths, include_defaults=False))
+    return {
+        "TaskManager (every lmms-eval task + ours)": full * 1000,
+        "TaskManager(include_defaults=False) (ours only)": ours * 1000,
+    }
+
+
+def run(
+    num_layers: int,
+    hidden_size: int,
+    calib_limit: int,
+    reps: int,
+    profile_n: int,
+    time_task_manager: bool = False,
+) -> dict[str, Any]:
+    import lmms_eval.models
+
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.tiny import save_tiny_vlm, wrapper_kwargs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        log(f"[plan cache] saving a {num_layers}-layer {ARCH} checkpoint (hidden {hidden_size})")
+        ckpt = save_tiny_vlm(ARCH, tmp / "ckpt", num_layers=num_layers, hidden_size=hidden_size)
+        size_mb = sum(f.stat().st_size for f in ckpt.glob("*.safetensors")) / 2**20
+        wkw = wrapper_kwargs(ARCH)
+        kwargs = {
+            "pretrained": str(ckpt),
+            "criterion": "math",
+            "budget": 2,
+            **calibration_args(calib_limit),
+            **wkw,
+        }
+        plain_cls = lmms_eval.models.get_model(ARCH)
+        forwards: list[int] = []
+
+        def plain():
+            return plain_cls(pretrained=str(ckpt), **wkw)
+
+        def cached():
+            lm = PrunedVLM(**kwargs)
+            forwards.append(lm.calibration_forwards)
+            return lm
+
+        with _env("LMMS_PRUNE_CACHE", str(tmp / "cache")):
+            from lmms_prune_plugin.cache import Cache
+
+            log("[plan cache] calibrating into the cache, then a first load that stores the plan")
+            cal = calibrator(plain(), ckpt, calib_limit, Cache())
+            cal.statistics(("math",))
+            del cal
+            fill_s, first = timed(cached)
+            removed = list(first.plan.removed)
+            fill_forwards = first.calibration_forwards
+            del first
+            forwards.clear()
+            gc.collect()
+            plain(), cached()  # warm-up: imports, first-call setup
+            bar = progress(2 * reps, "plan cache")
+            times = interleaved({"plain": plain, "cached": cached}, reps, bar)
+            bar.close()
+            log("[plan cache] profiling both constructions")
+            prof = breakdown(plain, cached, profile_n)
+            timers = direct_timers(ckpt, str(TEST_TASKS))
+            tm = task_manager_ms(str(TEST_TASKS)) if time_task_manager else None
+        gc.collect()
+
+    stats = summarize(times)
+    r = ratio(stats["cached"]["median_s"], stats["plain"]["median_s"])
+    return {
+        "checkpoint": {
+            "arch": ARCH,
+            "num_layers": num_layers,
+            "hidden_size": hidden_size,
+            "safetensors_mb": size_mb,
+        },
+        "plan_fill_s": fill_s,
+        "plan_fill_calibration_forwards": fill_forwards,
+        "removed": removed,
+        "reps": reps,
+        "time": stats,
+        "ratio": r,
+        "paired_ratio": median(paired_ratios(times, "cached", "plain")),
+        "extra_ms": (stats["cached"]["median_s"] - stats["plain"]["median_s"]) * 1000,
+        "cached_calibration_forwards": max(forwards, default=0),
+        "profile": prof,
+        "direct_ms": timers,
+        "task_manager_ms": tm,
+        "target": {"max_ratio": 1.02, "met": r <= 1.02},
+    }

@@ -1,0 +1,280 @@
+"""Run every benchmark and write ``results.json`` and ``results.md``.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run            # full run, about 6-9 minutes on 2 cores
+    python -m benchmarks.run --quick    # tiny models, about half a minute
+    python -m benchmarks.run --only calibration_cost pruning_speedup --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+for _name, _value in (
+    ("HF_HUB_OFFLINE", "1"),
+    ("HF_DATASETS_OFFLINE", "1"),
+    ("TRANSFORMERS_OFFLINE", "1"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+):
+    os.environ.setdefault(_name, _value)
+
+from .common import DecoderSpec, log, machine_info  # noqa: E402
+
+SECTIONS = ("calibration_cost", "pruning_speedup", "plan_cache", "sweep")
+CRITERIA = ("math", "nonmath", "mixed", "mixed_rank", "shortgpt", "angular", "last", "random")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes and repetition limits of every part. ``budget_s`` values steer repetitions."""
+
+    mode: str
+    calib_spec: DecoderSpec
+    calib_seq_lens: tuple[int, ...]
+    calib_budget_s: float
+    calib_reps: tuple[int, int]
+    calib_depth_check: bool
+    prune_spec: DecoderSpec
+    prune_ks: tuple[int, ...]
+    prune_seq_len: int
+    prune_new_tokens: int
+    prune_budget_s: float
+    prune_reps: tuple[int, int]
+    cache_layers: int
+    cache_hidden: int
+    cache_calib_limit: int
+    cache_reps: int
+    cache_profile_n: int
+    cache_time_task_manager: bool
+    sweep_criteria: tuple[str, ...] = CRITERIA
+    sweep_budgets: tuple[int, ...] = (1, 2, 3, 4, 5)
+    sweep_layers: int = 6
+    sweep_calib_limit: int = 8
+
+
+FULL = Config(
+    mode="full",
+    calib_spec=DecoderSpec(
+        hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4, num_layers=8
+    ),
+    calib_seq_lens=(256, 1024, 2048, 4096),
+    calib_budget_s=100.0,
+    calib_reps=(3, 9),
+    calib_depth_check=True,
+    prune_spec=DecoderSpec(
+        hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4, num_layers=12
+    ),
+    prune_ks=(2, 4, 6, 8),
+    prune_seq_len=1024,
+    prune_new_tokens=32,
+    prune_budget_s=60.0,
+    prune_reps=(3, 9),
+    cache_layers=48,
+    cache_hidden=1024,
+    cache_calib_limit=2,
+    cache_reps=7,
+    cache_profile_n=3,
+    cache_time_task_manager=True,
+)
+
+QUICK = Config(
+    mode="quick",
+    calib_spec=DecoderSpec(
+        hidden_size=256,
+        intermediate_size=704,
+        num_heads=4,
+        num_kv_heads=2,
+        num_layers=4,
+        vocab_size=1000,
+    ),
+    calib_seq_lens=(64, 256, 1024),
+    calib_budget_s=3.0,
+    calib_reps=(3, 3),
+    calib_depth_check=False,
+    prune_spec=DecoderSpec(
+        hidden_size=256,
+        intermediate_size=704,
+        num_heads=4,
+        num_kv_heads=2,
+        num_layers=4,
+        vocab_size=1000,
+    ),
+    prune_ks=(2,),
+    prune_seq_len=128,
+    prune_new_tokens=8,
+    prune_budget_s=2.0,
+    prune_reps=(3, 3),
+    cache_layers=4,
+    cache_hidden=64,
+    cache_calib_limit=2,
+    cache_reps=3,
+    cache_profile_n=1,
+    cache_time_task_manager=False,
+    sweep_calib_limit=2,
+)
+
+
+def run_sections(cfg: Config, sections: tuple[str, ...], probe=None) -> dict[str, Any]:
+    """Run the chosen parts; a part's result is ``None`` when it was not run.
+
+    ``probe``: a started :class:`benchmarks.memory.MemoryProbe` for part 1 (one is started here
+    if needed); it is closed when part 1 is done.
+    """
+    out: dict[str, Any] = dict.fromkeys(SECTIONS)
+    seconds: dict[str, float] = {}
+    if "calibration_cost" in sections and probe is None:
+        from .memory import MemoryProbe
+
+        probe = MemoryProbe()
+    _preload(sections)
+    log("modules loaded")
+    try:
+        for name in SECTIONS:
+            if name not in sections:
+                continue
+            log(f"== {name}")
+            start = time.perf_counter()
+            out[name] = _run_section(name, cfg, probe)
+            seconds[name] = time.perf_counter() - start
+    finally:
+        if probe is not None:
+            probe.close()
+    out["section_s"] = seconds
+    return out
+
+
+def _preload(sections: tuple[str, ...]) -> None:
+    """Import the heavy modules up front (while the memory helper starts up in parallel)."""
+    import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+
+    import lmms_prune_plugin.capture  # noqa: F401
+
+    if "plan_cache" in sections or "sweep" in sections:
+        import lmms_eval.models  # noqa: F401
+
+        import lmms_prune_plugin.models.pruned_vlm  # noqa: F401
+
+
+def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
+    if name == "calibration_cost":
+        from . import calibration_cost
+
+        return calibration_cost.run(
+            cfg.calib_spec,
+            cfg.calib_seq_lens,
+            cfg.calib_budget_s,
+            *cfg.calib_reps,
+            depth_check=cfg.calib_depth_check,
+            probe=probe,
+        )
+    if name == "pruning_speedup":
+        from . import pruning_speedup
+
+        return pruning_speedup.run(
+            cfg.prune_spec,
+            cfg.prune_ks,
+            cfg.prune_seq_len,
+            cfg.prune_new_tokens,
+            cfg.prune_budget_s,
+            *cfg.prune_reps,
+        )
+    if name == "plan_cache":
+        from . import plan_cache
+
+        return plan_cache.run(
+            cfg.cache_layers,
+            cfg.cache_hidden,
+            cfg.cache_calib_limit,
+            cfg.cache_reps,
+            cfg.cache_profile_n,
+            cfg.cache_time_task_manager,
+        )
+    from . import sweep_passes
+
+    return sweep_passes.run(
+        cfg.sweep_criteria, cfg.sweep_budgets, cfg.sweep_layers, cfg.sweep_calib_limit
+    )
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for progress: library warnings and info lines say nothing here."""
+    import transformers
+    from loguru import logger
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny models and few repetitions (a smoke run)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="folder for results.json and results.md"
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="run only these parts"
+    )
+    parser.add_argument(
+        "--seq-lens", type=int, nargs="+", help="override the calibration sequence lengths"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's own, one per core)"
+    )
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    probe = None
+    if "calibration_cost" in args.only:
+        from .memory import MemoryProbe
+
+        probe = MemoryProbe()  # its imports and model set-up overlap with ours
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    cfg = QUICK if args.quick else FULL
+    if args.seq_lens:
+        cfg = replace(cfg, calib_seq_lens=tuple(sorted(args.seq_lens)))
+    _quiet_libraries()
+    log(f"lmms-prune benchmarks ({cfg.mode}): {', '.join(args.only)}")
+    results: dict[str, Any] = {
+        "schema": 1,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": cfg.mode,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    results |= run_sections(cfg, tuple(args.only), probe)
+    results["machine"] = machine_info()
+    results["wall_s"] = time.perf_counter() - start
+
+    from .report import render, targets
+
+    results["targets"] = targets(results)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    (args.out / "results.md").write_text(render(results))
+    log(
+        f"wrote {args.out / 'results.json'} and {args.out / 'results.md'} in {results['wall_s']:.0f} s"
+    )
+    for t in results["targets"]:
+        log(f"  {'ok  ' if t['met'] else 'MISS'} {t['target']}: {t['value']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
