@@ -552,3 +552,27 @@ def wrapper_kwargs(arch: str) -> dict[str, Any]:
     if arch in _QWEN_PIXELS:
         kwargs["min_pixels"], kwargs["max_pixels"] = _QWEN_PIXELS[arch]
     return kwargs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lmms_prune_plugin.tiny ARCH PATH [--layers N] [--seed S]``: save a tiny model."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m lmms_prune_plugin.tiny", description=main.__doc__)
+    p.add_argument("arch", choices=ARCHITECTURES)
+    p.add_argument("path")
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    path = save_tiny_vlm(a.arch, a.path, num_layers=a.layers, seed=a.seed)
+    extra = (
+        ",".join(f"{k}={v}" for k, v in wrapper_kwargs(a.arch).items())
+        if a.arch in LMMS_EVAL_WRAPPERS
+        else "device=cpu"
+    )
+    print(f"pretrained={path},{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
