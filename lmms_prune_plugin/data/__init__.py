@@ -1,0 +1,34 @@
+"""Deterministic item generators for the demo model, its benchmarks and calibration sets.
+
+Every item is a JSON-able document (question, answer, kind, image spec); images are rendered
+from the document on demand (:func:`render_doc`) on a fixed grid of 28x28 cells.
+"""
+
+from .canvas import CELL, COLS, HEIGHT, ROWS, WIDTH
+from .items import render_doc
+from .math_items import MATH_KINDS, math_items
+from .nonmath_items import NONMATH_KINDS, nonmath_items
+from .prompts import POST_PROMPT, doc_to_text, is_correct, normalize_answer
+from .splits import HELD_OUT, TRAIN_SEED, held_out_docs, shuffled_docs, train_stream
+
+__all__ = [
+    "CELL",
+    "COLS",
+    "HEIGHT",
+    "HELD_OUT",
+    "MATH_KINDS",
+    "NONMATH_KINDS",
+    "POST_PROMPT",
+    "ROWS",
+    "TRAIN_SEED",
+    "WIDTH",
+    "doc_to_text",
+    "held_out_docs",
+    "is_correct",
+    "math_items",
+    "nonmath_items",
+    "normalize_answer",
+    "render_doc",
+    "shuffled_docs",
+    "train_stream",
+]
