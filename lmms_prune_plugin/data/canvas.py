@@ -9,6 +9,8 @@ An image is described by a JSON-able spec, stored with the document, so tasks re
 the fly and no image files ship:
 
 - ``{"type": "cells", "seed": int, "cells": [{"r": row, "c": col, "g": glyph, "color": name}]}``
+  (a shape cell may add ``"size": 2`` to span 2x2 cells from (r, c); the spec may add
+  ``"divider": true`` for a line between the left and right halves)
 - ``{"type": "easyvqa", "split": "train" | "test", "image_id": int, "r": row, "c": col}``
 """
 
@@ -93,8 +95,9 @@ def _draw_cell(
     elif glyph == "bar_half":  # the lower half of a cell: half a unit on top of a bar
         draw.rectangle((x0 + 4, y0 + CELL // 2, x0 + CELL - 5, y0 + CELL - 1), fill=fill)
     else:
-        m = 4
-        box = (x0 + m, y0 + m, x0 + CELL - 1 - m, y0 + CELL - 1 - m)
+        side = CELL * cell.get("size", 1)  # a shape may span size x size cells
+        m = 4 * cell.get("size", 1)
+        box = (x0 + m, y0 + m, x0 + side - 1 - m, y0 + side - 1 - m)
         if glyph == "circle":
             draw.ellipse(box, fill=fill)
         elif glyph == "square":
@@ -106,11 +109,17 @@ def _draw_cell(
             raise ValueError(f"unknown glyph {glyph!r}; allowed: {', '.join(GLYPHS[1:])}")
 
 
-def render_cells(cells: list[dict[str, Any]], seed: int) -> Image.Image:
-    """Draw ``cells`` (dicts with r, c, g and, for shapes and bars, color) on a blank canvas."""
+def render_cells(cells: list[dict[str, Any]], seed: int, divider: bool = False) -> Image.Image:
+    """Draw ``cells`` (dicts with r, c, g and, for shapes and bars, color) on a blank canvas.
+
+    ``divider`` draws a thin vertical line between the left and right halves: a reference that
+    tells a vision tower with only relative positions which half a shape is in.
+    """
     rng = random.Random(seed)
     image = Image.new("RGB", (WIDTH, HEIGHT), BACKGROUND)
     draw = ImageDraw.Draw(image)
+    if divider:
+        draw.rectangle((WIDTH // 2 - 1, 0, WIDTH // 2, HEIGHT - 1), fill=(150, 150, 150))
     for cell in cells:
         _draw_cell(draw, cell, rng, seed)
     return image
@@ -140,7 +149,13 @@ def render_easyvqa(split: str, image_id: int, r: int, c: int) -> Image.Image:
 def render_spec(spec: dict[str, Any]) -> Image.Image:
     """Render an image spec (see the module docstring) to a ``WIDTH`` x ``HEIGHT`` RGB image."""
     if spec["type"] == "cells":
-        return render_cells(spec["cells"], spec["seed"])
+        return render_cells(spec["cells"], spec["seed"], spec.get("divider", False))
     if spec["type"] == "easyvqa":
         return render_easyvqa(spec["split"], spec["image_id"], spec["r"], spec["c"])
     raise ValueError(f"image spec type={spec['type']!r}; allowed: 'cells', 'easyvqa'")
+
+
+def covered(cell: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (row, col) cells a cell spec draws on (several for a shape of size > 1)."""
+    size = cell.get("size", 1)
+    return [(cell["r"] + dr, cell["c"] + dc) for dr in range(size) for dc in range(size)]

@@ -29,10 +29,13 @@ def make_doc(
     cells: list[dict[str, Any]],
     rng: random.Random,
     key: str,
+    divider: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
     """A document whose image is drawn from ``cells`` with a render seed drawn from ``rng``."""
     spec = {"type": "cells", "seed": rng.randrange(2**31), "cells": cells}
+    if divider:
+        spec["divider"] = True
     return make_doc_from_spec(domain, kind, question, answer, spec, key, **extra)
 
 

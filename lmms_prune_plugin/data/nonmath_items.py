@@ -76,50 +76,43 @@ def _easyvqa(rng: random.Random, kind: str, split: str, parity: int | None) -> d
     return make_doc_from_spec("nonmath", kind, question, answer, spec, key)
 
 
-def _scene(rng: random.Random, n: int, shapes: list[str], colors: list[str]) -> list[dict]:
-    slots = rng.sample([(r, c) for r in range(ROWS) for c in range(COLS)], n)
+_QUADRANTS = [(r, c) for r in range(0, ROWS, 2) for c in range(0, COLS, 2)]
+
+
+def _scene(rng: random.Random, shapes: list[str], colors: list[str]) -> list[dict]:
+    """Shapes of 2x2 cells, one per quadrant: large enough to read at a glance."""
+    slots = rng.sample(_QUADRANTS, len(shapes))
     return [
-        {"r": r, "c": c, "g": s, "color": col}
+        {"r": r, "c": c, "g": s, "color": col, "size": 2}
         for (r, c), s, col in zip(slots, shapes, colors, strict=True)
     ]
 
 
+def _one_object(rng: random.Random) -> tuple[list[dict], str, str]:
+    shape, color = rng.choice(SHAPES), rng.choice(sorted(COLORS))
+    return _scene(rng, [shape], [color]), shape, color
+
+
 def _scene_color(rng: random.Random) -> dict[str, Any]:
-    target = rng.choice(SHAPES)
-    n = rng.randint(2, 4)
-    others = [s for s in SHAPES if s != target]
-    shapes = [target] + [rng.choice(others) for _ in range(n - 1)]
-    colors = [rng.choice(sorted(COLORS)) for _ in range(n)]
-    cells = _scene(rng, n, shapes, colors)
-    key = f"scene_color:{sorted((c['g'], c['color']) for c in cells)}:{target}"
-    return make_doc(
-        "nonmath", "scene_color", f"What color is the {target}?", colors[0], cells, rng, key
-    )
+    cells, shape, color = _one_object(rng)
+    question = f"What color is the {shape}?"
+    key = f"scene_color:{shape},{color}"
+    return make_doc("nonmath", "scene_color", question, color, cells, rng, key, divider=True)
 
 
 def _scene_side(rng: random.Random) -> dict[str, Any]:
-    target = rng.choice(SHAPES)
-    n = rng.randint(1, 4)
-    others = [s for s in SHAPES if s != target]
-    shapes = [target] + [rng.choice(others) for _ in range(n - 1)]
-    colors = [rng.choice(sorted(COLORS)) for _ in range(n)]
-    cells = _scene(rng, n, shapes, colors)
+    cells, shape, color = _one_object(rng)
     side = "left" if cells[0]["c"] < COLS // 2 else "right"
-    key = f"scene_side:{sorted((c['g'], c['color'], c['c'] < COLS // 2) for c in cells)}:{target}"
-    question = f"Which side is the {target} on?"
-    return make_doc("nonmath", "scene_side", question, side, cells, rng, key)
+    question = f"Which side is the {shape} on?"
+    key = f"scene_side:{shape},{color},{side}"
+    return make_doc("nonmath", "scene_side", question, side, cells, rng, key, divider=True)
 
 
 def _scene_shape(rng: random.Random) -> dict[str, Any]:
-    target = rng.choice(sorted(COLORS))
-    n = rng.randint(2, 4)
-    others = [c for c in sorted(COLORS) if c != target]
-    colors = [target] + [rng.choice(others) for _ in range(n - 1)]
-    shapes = [rng.choice(SHAPES) for _ in range(n)]
-    cells = _scene(rng, n, shapes, colors)
-    key = f"scene_shape:{sorted((c['g'], c['color']) for c in cells)}:{target}"
-    question = f"What shape is the {target} object?"
-    return make_doc("nonmath", "scene_shape", question, shapes[0], cells, rng, key)
+    cells, shape, color = _one_object(rng)
+    question = f"What shape is the {color} object?"
+    key = f"scene_shape:{shape},{color}"
+    return make_doc("nonmath", "scene_shape", question, shape, cells, rng, key, divider=True)
 
 
 _SCENES = {"scene_color": _scene_color, "scene_side": _scene_side, "scene_shape": _scene_shape}

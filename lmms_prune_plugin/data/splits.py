@@ -73,11 +73,22 @@ def shuffled_docs(docs: list[dict[str, Any]], seed: int = SHUFFLE_SEED) -> list[
     ]
 
 
-def train_stream(seed: int = TRAIN_SEED, math_fraction: float = 0.5) -> Iterator[dict[str, Any]]:
-    """An endless stream of training documents (easy-vqa from its train split)."""
+def train_stream(
+    seed: int = TRAIN_SEED,
+    math_fraction: float = 0.5,
+    math_weights: dict[str, float] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """An endless stream of training documents (easy-vqa from its train split).
+
+    ``math_weights`` (kind -> weight) oversamples the math kinds that take longest to learn;
+    by default every kind is equally likely.
+    """
     rng = random.Random(seed)
+    kinds = sorted(math_weights) if math_weights else None
+    weights = [math_weights[k] for k in kinds] if math_weights else None
     while True:
         if rng.random() < math_fraction:
-            yield make_math_item(rng)
+            kind = rng.choices(kinds, weights)[0] if kinds else None
+            yield make_math_item(rng, kind)
         else:
             yield make_nonmath_item(rng, easyvqa_split="train")

@@ -10,7 +10,7 @@ import functools
 import re
 from typing import Any
 
-from .canvas import COLORS, COLS, GLYPHS, ROWS, SHAPES
+from .canvas import COLORS, COLS, GLYPHS, ROWS, SHAPES, covered
 from .items import image_spec
 
 IGNORE = -100
@@ -63,9 +63,9 @@ def token_targets(doc: dict[str, Any]) -> dict[str, Any]:
     glyph, color = [0] * n, [0] * n
     column_value = [0] * COLS
     for cell in spec["cells"]:
-        i = cell["r"] * COLS + cell["c"]
-        glyph[i] = GLYPHS.index(cell["g"])
-        color[i] = COLOR_NAMES.index(cell["color"])
+        for r, c in covered(cell):
+            glyph[r * COLS + c] = GLYPHS.index(cell["g"])
+            color[r * COLS + c] = COLOR_NAMES.index(cell["color"])
         column_value[cell["c"]] += {"bar": 2, "bar_half": 1}.get(cell["g"], 0)
     is_chart = doc["kind"].startswith("bar_")
     bar = [column_value[i % COLS] if is_chart else IGNORE for i in range(n)]
@@ -99,11 +99,14 @@ def cell_words(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
     for cell in spec["cells"]:
         column_value[cell["c"]] += {"bar": 2, "bar_half": 1}.get(cell["g"], 0)
     for cell in spec["cells"]:
-        i = cell["r"] * COLS + cell["c"]
-        if cell["g"] in SHAPES:
-            words[i] = [cell["g"], cell["color"]]
+        if cell["g"] in SHAPES and spec.get("divider"):  # scenes: which half, too
+            names = [cell["g"], cell["color"], "left" if cell["c"] < COLS // 2 else "right"]
+        elif cell["g"] in SHAPES:
+            names = [cell["g"], cell["color"]]
         elif cell["g"] in ("bar", "bar_half"):
-            words[i] = [cell["color"], str(column_value[cell["c"]])]
+            names = [cell["color"], str(column_value[cell["c"]])]
         else:
-            words[i] = [cell["g"]]
+            names = [cell["g"]]
+        for r, c in covered(cell):
+            words[r * COLS + c] = names
     return words, []
