@@ -104,7 +104,9 @@ class PrunedVLM(lmms):
         if trust_remote_code:  # off unless the user turns it on; then the base wrapper gets it
             base_kwargs["trust_remote_code"] = True
         self.base_name = _none(base) or pick_wrapper(self.pretrained, self.revision)
-        self.base = build_wrapper(self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs)
+        self.base = build_wrapper(
+            self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
+        )
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
