@@ -183,7 +183,7 @@ def cmd_sweep(a) -> int:
 # -- report ---------------------------------------------------------------------------------
 def cmd_report(a) -> int:
     from .plots import accuracy_vs_budget
-    from .report import check_rows, leaderboard, regimes, to_csv, to_json, to_markdown
+    from .report import by_budget, check_rows, leaderboard, regimes, to_csv, to_json, to_markdown
     from .sweep import read_rows
 
     rows = []
@@ -196,7 +196,8 @@ def cmd_report(a) -> int:
     board = leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
     per = regimes(board, converge=a.converge)
     out = Path(a.out)
-    names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "accuracy_vs_budget.png"]
+    names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "by_budget.md",
+             "accuracy_vs_budget.png"]  # fmt: skip
     existing = [n for n in names if (out / n).exists()]
     if existing and not a.force:
         raise ValueError(
@@ -207,6 +208,7 @@ def cmd_report(a) -> int:
     (out / "leaderboard.md").write_text(md)
     (out / "leaderboard.csv").write_text(to_csv(board))
     (out / "leaderboard.json").write_text(to_json(board, per))
+    (out / "by_budget.md").write_text(by_budget(board))
     groups = {
         c: label
         for c, label in (("math_avg", "math tasks"), ("general_avg", "general tasks"))

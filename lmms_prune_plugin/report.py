@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 MATH_HINTS = ("math", "wemath", "dynamath", "logicvista", "geometry", "arith")
+NON_MATH_HINTS = ("nonmath", "non_math", "non-math")
 PREFERRED_METRICS = (
     "exact_match,none",
     "acc,none",
@@ -42,7 +43,11 @@ def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
 def is_math_task(task: str, math_tasks: Sequence[str] | None = None) -> bool:
     if math_tasks is not None:
         return task in math_tasks
-    return any(h in task.lower() for h in MATH_HINTS)
+    name = task.lower()
+    # "prune_demo_nonmath" holds the hint "math" but names the other domain.
+    if any(neg in name for neg in NON_MATH_HINTS):
+        return False
+    return any(h in name for h in MATH_HINTS)
 
 
 def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
@@ -174,6 +179,32 @@ def to_markdown(board: Leaderboard, regime_rows: list[dict] | None = None) -> st
             for p in regime_rows
         ]
     return "\n".join(lines) + "\n"
+
+
+def by_budget(board: Leaderboard, columns: Sequence[str] = ("math_avg", "general_avg")) -> str:
+    """Markdown pivot: one row per method, one column per budget, cells ``col1 / col2 / ...``.
+
+    The unpruned model fills budget 0 of every row, so each row reads as a curve.
+    """
+    budgets = sorted({r["budget"] for r in board.records})
+    methods = sorted({r["method"] for r in board.records if r["budget"] != 0})
+    cell = {(r["model"], r["method"], r["budget"]): r for r in board.records}
+    models = sorted({r["model"] for r in board.records})
+    base = {m: cell.get((m, "unpruned", 0)) for m in models}
+    label = " / ".join(columns)
+    lines = [
+        "| " + " | ".join(["method", *[f"budget {b}" for b in budgets]]) + " |",
+        "|---" * (len(budgets) + 1) + "|",
+    ]
+    for model in models:
+        for m in methods:
+            cells = []
+            for b in budgets:
+                rec = base[model] if b == 0 else cell.get((model, m, b))
+                cells.append(" / ".join(_fmt(rec[c]) for c in columns) if rec else "-")
+            name = m if len(models) == 1 else f"{model}: {m}"
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return f"Cells: {label} (points).\n\n" + "\n".join(lines) + "\n"
 
 
 def to_csv(board: Leaderboard) -> str:

@@ -220,10 +220,23 @@ def test_report_numbers_equal_the_sweep_rows(tmp_path):
     with open(tmp_path / "r" / "leaderboard.csv") as f:
         assert len(list(csv.DictReader(f))) == len(rows)
     assert "| math+topk | 2 |" in (tmp_path / "r" / "leaderboard.md").read_text()
+    pivot = (tmp_path / "r" / "by_budget.md").read_text()
+    assert "| method | budget 0 | budget 2 | budget 4 | budget 6 |" in pivot
+    # budget 0 is the unpruned model; then math_avg / general_avg of each cell, in points
+    assert "| nonmath+spaced | 90.0 / 95.0 | 60.0 / 70.0 | 49.0 / 70.0 | 30.0 / 70.0 |" in pivot
     assert png_size(tmp_path / "r" / "accuracy_vs_budget.png") == (1430, 506)
     # nothing is overwritten without --force
     assert main(["report", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r")]) == 2
     assert main(["report", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r"), "--force"]) == 0
+
+
+def test_report_splits_the_demo_tasks_into_math_and_general():
+    from lmms_prune_plugin.report import is_math_task
+
+    assert is_math_task("prune_demo_math") and is_math_task("mathvista_testmini")
+    assert not is_math_task("prune_demo_nonmath") and not is_math_task("prune_calib_nonmath")
+    assert not is_math_task("mmmu_val")
+    assert is_math_task("prune_demo_nonmath", ["prune_demo_nonmath"])  # an explicit list wins
 
 
 def test_report_rejects_bad_sweep_files(tmp_path, capsys):
