@@ -9,7 +9,7 @@ It lets anyone without a GPU or hub access watch layer pruning change real accur
     # lmms-eval --model qwen2_vl --model_args pretrained=...,device_map=cpu,... \\
     #           --tasks prune_demo --include_path lmms_prune_plugin/tasks
 
-The weights are produced by ``python scripts/train_demo.py`` (CPU, about half an hour).
+The weights are produced by ``python scripts/train_demo.py`` (CPU, about 40 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DemoModelError(RuntimeError):
 def _fail(path: Path, problem: str) -> DemoModelError:
     return DemoModelError(
         f"demo model at {path}: {problem}. Regenerate it from a source checkout with "
-        f"`{REGENERATE}` (CPU only, about 30 minutes), or pass path= to a good copy."
+        f"`{REGENERATE}` (CPU only, about 40 minutes), or pass path= to a good copy."
     )
 
 
