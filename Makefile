@@ -6,7 +6,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZ
 BUDGET ?= 4
 CRITERION ?= math
 
-.PHONY: install demo test lint bench
+.PHONY: install demo study test lint bench
 
 install: $(VENV)/.installed
 
@@ -16,15 +16,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
-# The main job. No trained demo model ships yet, so it runs on a random 12-layer Qwen2-VL
-# generated here (out/tiny_vlm): the whole pipeline, calibration to results table, offline.
+# The main job: prune the packaged demo VLM (criterion=math, 4 of 12 layers) at load time and
+# evaluate it on the offline demo benchmarks; prints the plan and lmms-eval's results table.
 demo: install
-	mkdir -p out
-	$(OFFLINE) $(PY) -m lmms_prune_plugin.tiny qwen2_vl out/tiny_vlm --layers 12 > out/tiny_vlm.args
 	$(OFFLINE) $(VENV)/bin/lmms-eval --model pruned_vlm \
-		--model_args $$(cat out/tiny_vlm.args),criterion=$(CRITERION),budget=$(BUDGET),calib_limit=32 \
+		--model_args criterion=$(CRITERION),budget=$(BUDGET) \
 		--tasks prune_demo --include_path $$($(PY) -c 'import lmms_prune_plugin as p; print(p.TASKS_DIR)') \
-		--batch_size 8 --limit 64 --output_path out/demo
+		--batch_size 16 --output_path out/demo
+
+# The README's study on the demo model: layer scores, a budget sweep, leaderboard and regimes.
+study: install
+	$(OFFLINE) PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo_study.sh out/study
 
 test: install
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider

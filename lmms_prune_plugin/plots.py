@@ -50,6 +50,8 @@ def accuracy_vs_budget(
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.6), squeeze=False)
     base = {r["model"]: r for r in records if r["budget"] == 0}
     methods = sorted({r["method"] for r in records if r["budget"] != 0})
+    # Ten default colours repeat past ten methods; tab20 keeps a dozen or so apart.
+    colors = dict(zip(methods, plt.get_cmap("tab20").colors * (1 + len(methods) // 20)))
     for ax, (col, label) in zip(axes[0], groups.items(), strict=True):
         for m in methods:
             pts = sorted(
@@ -57,7 +59,8 @@ def accuracy_vs_budget(
             )
             pts = [(0, b[col]) for b in base.values() if b[col] is not None][:1] + pts
             style = "--" if m.endswith("+spaced") or m == "uniform" else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m,
+                    color=colors[m])  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("layers removed (budget)")
         ax.set_ylabel("accuracy (%)")
