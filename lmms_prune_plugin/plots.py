@@ -51,7 +51,8 @@ def accuracy_vs_budget(
     base = {r["model"]: r for r in records if r["budget"] == 0}
     methods = sorted({r["method"] for r in records if r["budget"] != 0})
     # Ten default colours repeat past ten methods; tab20 keeps a dozen or so apart.
-    colors = dict(zip(methods, plt.get_cmap("tab20").colors * (1 + len(methods) // 20)))
+    palette = plt.get_cmap("tab20").colors
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
     for ax, (col, label) in zip(axes[0], groups.items(), strict=True):
         for m in methods:
             pts = sorted(
