@@ -155,19 +155,25 @@ def run_sweep(
     stats = calibrator.statistics(domains, blocks) if domains else {}
     calib_id = calibrator.identity(domains) if domains else None
 
-    for cell in tqdm(todo, desc="sweep", disable=not _is_main()):
+    def plan_for(cell: Cell) -> PrunePlan:
         if cell.budget == 0:
-            plan = PrunePlan(identity, BASELINE, {}, BASELINE, {}, 0, (), ())
-        else:
-            opts = PruneOptions(
-                criterion=cell.criterion,
-                strategy=cell.strategy,
-                budget=cell.budget,
-                alpha=alpha,
-                min_gap=min_gap,
-            )
-            needed = domains_for(get_criterion(cell.criterion).domains, calibrator.sets)
-            plan = make_plan(identity, {d: stats[d] for d in needed}, opts, calib_id)
+            return PrunePlan(identity, BASELINE, {}, BASELINE, {}, 0, (), ())
+        opts = PruneOptions(
+            criterion=cell.criterion,
+            strategy=cell.strategy,
+            budget=cell.budget,
+            alpha=alpha,
+            min_gap=min_gap,
+        )
+        needed = domains_for(get_criterion(cell.criterion).domains, calibrator.sets)
+        return make_plan(identity, {d: stats[d] for d in needed}, opts, calib_id)
+
+    # Every plan first: a cell that cannot be planned (say spaced beyond what min_gap allows)
+    # stops the sweep before any evaluation, not hours into it.
+    plans = [plan_for(cell) for cell in todo]
+    for cell, plan in tqdm(
+        list(zip(todo, plans, strict=True)), desc="sweep", disable=not _is_main()
+    ):
         removed = plan.removed
         with decoder_layers_removed(lm.hf_model, removed):
             results_mod.record(plan)

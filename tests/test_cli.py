@@ -279,3 +279,14 @@ def test_sweep_cells_share_the_baseline_and_the_score_free_strategy():
     assert len(cells) == 1 + 2 + 2 * 2 * 2
     with pytest.raises(ValueError, match="budget=-1"):
         plan_cells(["math"], [None], [-1])
+
+
+def test_sweep_plans_every_cell_before_evaluating_any(ckpt, tmp_path, capsys):
+    # 6 layers: spaced with min_gap=2 can remove at most 3, so budget 4 cannot be planned.
+    out = tmp_path / "s.jsonl"
+    args = ["sweep", *common(ckpt), "--plan_cache", "false", "--criteria", "math",
+            "--strategies", "default,spaced", "--budgets", "0,1,4", "--tasks",
+            "prune_test_colours", "--limit", "2", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    assert "min_gap=2 is not allowed with budget 4" in capsys.readouterr().err
+    assert not out.exists()  # not even the feasible cells were evaluated
