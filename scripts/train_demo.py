@@ -300,9 +300,9 @@ def prompt_text(processor, doc: dict[str, Any]) -> str:
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode(processor, doc: dict[str, Any], as_jpeg: bool, image=None) -> dict[str, Any]:
+def encode(processor, doc: dict[str, Any], as_jpeg: bool) -> dict[str, Any]:
     """Token ids, image tensors and answer ids of one document."""
-    image = wrapper_image(image if image is not None else render_doc(doc), as_jpeg)
+    image = wrapper_image(render_doc(doc), as_jpeg)
     out = processor(text=[prompt_text(processor, doc)], images=[image], return_tensors="pt")
     answer = processor.tokenizer(doc["answer"] + "<|im_end|>", add_special_tokens=False)
     return {
@@ -341,12 +341,8 @@ class BatchEncoder:
             self._answers[answer] = ids["input_ids"]
         return self._answers[answer]
 
-    def __call__(self, docs: list[dict[str, Any]], jpeg: list[bool], images=None):
-        images = images if images is not None else [None] * len(docs)
-        pics = [
-            wrapper_image(im if im is not None else render_doc(d), j)
-            for d, j, im in zip(docs, jpeg, images, strict=True)
-        ]
+    def __call__(self, docs: list[dict[str, Any]], jpeg: list[bool]) -> list[dict[str, Any]]:
+        pics = [wrapper_image(render_doc(d), j) for d, j in zip(docs, jpeg, strict=True)]
         pixels = self.processor.image_processor(images=pics, return_tensors="pt")
         per_image = pixels["pixel_values"].shape[0] // len(docs)
         out = []
@@ -585,7 +581,7 @@ def train(model, probes: Probes, processor, cfg: Config, eval_docs, log, aligner
 
 # --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, processor, docs, images=None, batch_size: int = 32) -> dict[str, list[bool]]:
+def evaluate(model, processor, docs, batch_size: int = 32) -> dict[str, list[bool]]:
     """Greedy exact match per kind, computed in one teacher-forced pass per batch.
 
     Greedy decoding yields exactly the answer iff, at every answer position, the most likely
@@ -597,8 +593,7 @@ def evaluate(model, processor, docs, images=None, batch_size: int = 32) -> dict[
     encoder = BatchEncoder(processor)
     for i in range(0, len(docs), batch_size):
         chunk = docs[i : i + batch_size]
-        imgs = images[i : i + batch_size] if images is not None else None
-        batch = encoder(chunk, [True] * len(chunk), imgs)
+        batch = encoder(chunk, [True] * len(chunk))
         inputs = collate(batch, pad)
         labels = inputs.pop("labels")
         logits = model(**inputs).logits[:, :-1]
