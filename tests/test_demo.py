@@ -126,6 +126,31 @@ def test_tasks_load_through_lmms_eval_and_yield_images():
         assert turn["content"][1]["text"] == task.doc_to_text(doc)
 
 
+def test_tasks_never_reach_the_network(monkeypatch):
+    """Loading every demo and calibration task and rendering images opens no connection."""
+    import socket
+
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    tasks = get_task_dict(list(HELD_OUT), manager, "simple")
+    for name, task in tasks.items():
+        docs = task.test_docs()
+        assert len(docs) == HELD_OUT[name].size
+        for doc in docs.select(range(12)):
+            (image,) = task.doc_to_visual(doc)
+            assert image.size == (WIDTH, HEIGHT)
+    assert attempts == []
+
+
 # --------------------------------------------------------------------------- demo model
 @pytest.fixture(scope="module")
 def smoke_model(tmp_path_factory):
