@@ -159,3 +159,8 @@ def covered(cell: dict[str, Any]) -> list[tuple[int, int]]:
     """The (row, col) cells a cell spec draws on (several for a shape of size > 1)."""
     size = cell.get("size", 1)
     return [(cell["r"] + dr, cell["c"] + dc) for dr in range(size) for dc in range(size)]
+
+
+def side_of(cell: dict[str, Any]) -> str:
+    """Which half of the canvas a cell spec starts in: ``"left"`` or ``"right"``."""
+    return "left" if cell["c"] < COLS // 2 else "right"

@@ -14,7 +14,7 @@ import functools
 import random
 from typing import Any
 
-from .canvas import COLORS, COLS, EASYVQA_CELLS, ROWS, SHAPES
+from .canvas import COLORS, COLS, EASYVQA_CELLS, ROWS, SHAPES, side_of
 from .items import make_doc, make_doc_from_spec
 
 NONMATH_KINDS: tuple[str, ...] = (
@@ -102,7 +102,7 @@ def _scene_color(rng: random.Random) -> dict[str, Any]:
 
 def _scene_side(rng: random.Random) -> dict[str, Any]:
     cells, shape, color = _one_object(rng)
-    side = "left" if cells[0]["c"] < COLS // 2 else "right"
+    side = side_of(cells[0])
     question = f"Which side is the {shape} on?"
     key = f"scene_side:{shape},{color},{side}"
     return make_doc("nonmath", "scene_side", question, side, cells, rng, key, divider=True)

@@ -10,7 +10,7 @@ import functools
 import re
 from typing import Any
 
-from .canvas import COLORS, COLS, GLYPHS, ROWS, SHAPES, covered
+from .canvas import COLORS, COLS, GLYPHS, ROWS, SHAPES, covered, side_of
 from .items import image_spec
 
 IGNORE = -100
@@ -100,7 +100,7 @@ def cell_words(doc: dict[str, Any]) -> tuple[list[list[str]], list[str]]:
         column_value[cell["c"]] += {"bar": 2, "bar_half": 1}.get(cell["g"], 0)
     for cell in spec["cells"]:
         if cell["g"] in SHAPES and spec.get("divider"):  # scenes: which half, too
-            names = [cell["g"], cell["color"], "left" if cell["c"] < COLS // 2 else "right"]
+            names = [cell["g"], cell["color"], side_of(cell)]
         elif cell["g"] in SHAPES:
             names = [cell["g"], cell["color"]]
         elif cell["g"] in ("bar", "bar_half"):
