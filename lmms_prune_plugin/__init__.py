@@ -1,8 +1,7 @@
 """Domain-aware layer pruning of vision-language models for lmms-eval."""
 
-from pathlib import Path
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+from .demo import TASKS_DIR  # noqa: E402  (``--include_path`` for the shipped tasks)
 
-#: Folder of the lmms-eval task YAMLs shipped with the package (``--include_path``).
-TASKS_DIR = str(Path(__file__).resolve().parent / "tasks")
+__all__ = ["TASKS_DIR", "__version__"]

@@ -1,23 +1,26 @@
 """Forward hooks that stream per-layer similarity statistics. The one place that hooks a model.
 
 Nothing of the hidden states is kept beyond the forward in flight: each layer adds the sum of
-cos(h_in, h_out) over the selected tokens to a float64 accumulator. The ``angular`` baseline
-needs the input of layer l at layer l+n, so the inputs of the last max(n) layers are held.
+cos(h_in, h_out) over the selected tokens to a float64 accumulator (the tensor maths is in
+:mod:`.similarity`). The ``angular`` baseline needs the input of layer l at layer l+n, so the
+inputs of the last max(n) layers are held.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import find_decoder_layers
+from .similarity import TOKEN_SELECTIONS, masked_angular_sum, masked_cosine_sum, token_mask
 from .stats import LayerStatistics
 
-TOKEN_SELECTIONS = ("all", "text", "image", "last")
+__all__ = ["TOKEN_SELECTIONS", "LayerCapture", "NonFiniteActivationError", "image_token_ids"]
+
 _IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index", "video_token_id", "video_token_index")
 
 
@@ -32,12 +35,46 @@ def image_token_ids(model: nn.Module) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+@dataclass
+class _Sums:
+    """Everything one capture accumulates, created in one place on the first measured forward."""
+
+    cos: torch.Tensor
+    bad: torch.Tensor  # per layer: a non-finite cosine was seen
+    angular: dict[int, torch.Tensor]
+    tokens: int = 0
+    samples: int = 0
+    forwards: int = 0
+
+    @classmethod
+    def zeros(cls, num_layers: int, block_sizes: tuple[int, ...], device) -> _Sums:
+        f64 = {"dtype": torch.float64, "device": device}
+        return cls(
+            cos=torch.zeros(num_layers, **f64),
+            bad=torch.zeros(num_layers, dtype=torch.bool, device=device),
+            angular={n: torch.zeros(num_layers - n + 1, **f64) for n in block_sizes},
+        )
+
+
+@dataclass
+class _Forward:
+    """State of the forward in flight."""
+
+    active: bool = False
+    input_ids: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+    weight: torch.Tensor | None = None  # float64 (batch, seq) token mask, built at layer 0
+    layer_input: torch.Tensor | None = None
+    held_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
 class LayerCapture:
     """Context manager that hooks every text-decoder layer of ``model`` and streams statistics.
 
     ``tokens``: which positions count — all real tokens, text tokens, image tokens, or the last
     real token of each sample. Padding (attention_mask == 0) never counts. Only prefill forwards
-    are measured: decode steps of ``generate`` are skipped.
+    are measured: decode steps of ``generate`` are skipped. Hidden states must be
+    (batch, seq, hidden); any other layout is refused rather than measured wrongly.
     """
 
     def __init__(self, model: nn.Module, tokens: str = "all", block_sizes: Iterable[int] = ()):
@@ -45,8 +82,7 @@ class LayerCapture:
             raise ValueError(
                 f"tokens={tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}"
             )
-        self.model = model
-        self.tokens = tokens
+        self.model, self.tokens = model, tokens
         self.decoder = find_decoder_layers(model)
         self.num_layers = len(self.decoder)
         self.block_sizes = tuple(sorted(set(int(n) for n in block_sizes)))
@@ -56,158 +92,126 @@ class LayerCapture:
                 f"block_sizes={bad} are not allowed; each must be in [1, {self.num_layers}]"
             )
         self._image_ids = image_token_ids(model)
+        if tokens in ("text", "image") and not self._image_ids:
+            raise ValueError(
+                f"tokens={tokens!r} is not allowed for {type(model).__name__}: its config names no "
+                "image token id (image_token_id / image_token_index); use tokens=all or tokens=last"
+            )
         self._handles: list[Any] = []
-        self._reset()
+        self._sums: _Sums | None = None
+        self._fwd = _Forward()
 
-    def _reset(self) -> None:
-        self._cos: torch.Tensor | None = None
-        self._ang: dict[int, torch.Tensor] = {}
-        self._tokens = 0
-        self._samples = 0
-        self.forwards = 0
-        self._mask: torch.Tensor | None = None
-        self._ids: torch.Tensor | None = None
-        self._active = False
-        self._inputs: dict[int, torch.Tensor] = {}
-        self._bad: torch.Tensor | None = None
+    @property
+    def forwards(self) -> int:
+        return self._sums.forwards if self._sums else 0
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> LayerCapture:
-        self._handles.append(
-            self.model.register_forward_pre_hook(self._on_model_start, with_kwargs=True)
-        )
-        self._handles.append(self.model.register_forward_hook(self._on_model_end, with_kwargs=True))
+        hooks = [
+            self.model.register_forward_pre_hook(self._on_model_start, with_kwargs=True),
+            self.model.register_forward_hook(self._on_model_end, with_kwargs=True),
+        ]
         for idx, layer in enumerate(self.decoder.layers):
-            self._handles.append(
-                layer.register_forward_pre_hook(self._layer_pre(idx), with_kwargs=True)
-            )
-            self._handles.append(layer.register_forward_hook(self._layer_post(idx)))
+            hooks.append(layer.register_forward_pre_hook(self._layer_pre(idx), with_kwargs=True))
+            hooks.append(layer.register_forward_hook(self._layer_post(idx)))
+        self._handles = hooks
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._inputs.clear()
-        self._active = False
+        self._fwd = _Forward()
 
     # -- hooks -----------------------------------------------------------------------------
     def _on_model_start(self, module, args, kwargs) -> None:
         # Transformers 5.2x passes the KV cache as ``cache``; older releases as ``past_key_values``.
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        past = (
-            cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        )
-        self._active = int(past) == 0
-        self._ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
-        self._attn = kwargs.get("attention_mask")
-        self._mask = None
-        self._inputs.clear()
+        past = cache.get_seq_length() if hasattr(cache, "get_seq_length") else 0
+        ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
+        self._fwd = _Forward(int(past) == 0, ids, kwargs.get("attention_mask"))
 
     def _on_model_end(self, module, args, kwargs, output) -> None:
-        if self._active and self._mask is not None:
-            if bool(self._bad.any()):
-                layer = int(self._bad.nonzero()[0, 0])
+        fwd, sums = self._fwd, self._sums
+        if fwd.active and fwd.weight is not None and sums is not None:
+            if bool(sums.bad.any()):
+                layer = int(sums.bad.nonzero()[0, 0])
                 raise NonFiniteActivationError(
                     f"decoder layer {layer} produced non-finite activations (inf/nan) during calibration; "
                     "this is usually float16 overflow: calibrate in bfloat16 or float32"
                 )
-            self.forwards += 1
-        self._active = False
-        self._inputs.clear()
+            sums.forwards += 1
+        self._fwd = _Forward()
 
-    def _select(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Boolean (batch, seq) mask of the positions that count, built once per forward."""
-        if self._mask is not None:
-            return self._mask
+    def _start_forward(self, idx: int, hidden: torch.Tensor) -> None:
+        """At the first layer of a measured forward: the token mask, and the sums if new."""
+        if hidden.dim() != 3:
+            raise ValueError(
+                f"decoder layer {idx} of {type(self.model).__name__} receives hidden states of "
+                f"shape {tuple(hidden.shape)}; capture measures (batch, seq, hidden) only. Implement "
+                "the 'locate_decoder_layers' hook to point at layers of that layout"
+            )
         batch, seq = hidden.shape[:2]
-        attn = self._attn
-        real = (
-            attn.bool()
-            if torch.is_tensor(attn) and attn.dim() == 2 and attn.shape == (batch, seq)
-            else None
-        )
-        if real is None:
-            real = torch.ones(batch, seq, dtype=torch.bool, device=hidden.device)
-        real = real.to(hidden.device)
-        mask = real
-        if self.tokens in ("text", "image"):
-            ids = self._ids
-            if ids is None or ids.shape != (batch, seq):
-                raise ValueError(
-                    f"tokens={self.tokens!r} needs input_ids aligned with the decoder input"
-                )
-            is_image = torch.zeros_like(real)
-            for tid in self._image_ids:
-                is_image |= ids.to(hidden.device) == tid
-            mask = real & (is_image if self.tokens == "image" else ~is_image)
-        elif self.tokens == "last":
-            last = seq - 1 - torch.flip(real.int(), dims=[1]).argmax(dim=1)
-            mask = torch.zeros_like(real)
-            mask[torch.arange(batch, device=real.device), last] = real.any(dim=1)
-        self._mask = mask
-        self._maskf = mask.to(torch.float64)
-        self._tokens += int(mask.sum())
-        self._samples += batch
-        if self._cos is None:
-            self._cos = torch.zeros(self.num_layers, dtype=torch.float64, device=hidden.device)
-            self._bad = torch.zeros(self.num_layers, dtype=torch.bool, device=hidden.device)
-            self._ang = {
-                n: torch.zeros(self.num_layers - n + 1, dtype=torch.float64, device=hidden.device)
-                for n in self.block_sizes
-            }
-        return mask
+        fwd = self._fwd
+        mask = token_mask(batch, seq, self.tokens, fwd.attention_mask, fwd.input_ids,
+                          self._image_ids, hidden.device)  # fmt: skip
+        if self._sums is None:
+            self._sums = _Sums.zeros(self.num_layers, self.block_sizes, hidden.device)
+        self._sums.tokens += int(mask.sum())
+        self._sums.samples += batch
+        fwd.weight = mask.to(torch.float64)
 
     def _layer_pre(self, idx: int):
         def hook(module, args, kwargs):
-            if not self._active:
+            fwd = self._fwd
+            if not fwd.active:
                 return
             hidden = args[0] if args else kwargs["hidden_states"]
-            self._select(hidden)
+            if fwd.weight is None:
+                self._start_forward(idx, hidden)
+            elif hidden.shape[:2] != fwd.weight.shape:
+                raise ValueError(
+                    f"decoder layer {idx} receives hidden states of shape {tuple(hidden.shape)}, "
+                    f"but the forward started with (batch, seq) = {tuple(fwd.weight.shape)}"
+                )
             if self.block_sizes:
                 self._add_angular(idx, hidden)
-                self._inputs[idx] = hidden
-                self._inputs.pop(idx - self.block_sizes[-1], None)
-            self._current_in = hidden
+                fwd.held_inputs[idx] = hidden
+                fwd.held_inputs.pop(idx - self.block_sizes[-1], None)
+            fwd.layer_input = hidden
 
         return hook
 
     def _layer_post(self, idx: int):
         def hook(module, args, output):
-            if not self._active:
+            fwd, sums = self._fwd, self._sums
+            if not fwd.active:
                 return
             out = output[0] if isinstance(output, tuple | list) else output
-            cos = F.cosine_similarity(self._current_in.float(), out.float(), dim=-1)
-            self._bad[idx] |= ~torch.isfinite(cos).all()
-            self._cos[idx] += (torch.nan_to_num(cos).double() * self._maskf).sum()
+            total, finite = masked_cosine_sum(fwd.layer_input, out, fwd.weight)
+            sums.cos[idx] += total
+            sums.bad[idx] |= ~finite
             if self.block_sizes and idx == self.num_layers - 1:
                 self._add_angular(self.num_layers, out)  # h_L is the last layer's output
 
         return hook
 
     def _add_angular(self, j: int, hidden: torch.Tensor) -> None:
+        fwd = self._fwd
         for n in self.block_sizes:
-            start = self._inputs.get(j - n)
-            if start is None:
-                continue
-            cos = F.cosine_similarity(start.float(), hidden.float(), dim=-1).clamp(-1.0, 1.0)
-            dist = torch.arccos(cos) / torch.pi
-            self._ang[n][j - n] += (torch.nan_to_num(dist).double() * self._maskf).sum()
+            start = fwd.held_inputs.get(j - n)
+            if start is not None:
+                self._sums.angular[n][j - n] += masked_angular_sum(start, hidden, fwd.weight)
 
     # -- result ----------------------------------------------------------------------------
     def statistics(self) -> LayerStatistics:
         """The sums collected so far, as plain numbers."""
-        zeros = [0.0] * self.num_layers
+        sums = self._sums or _Sums.zeros(self.num_layers, self.block_sizes, "cpu")
         return LayerStatistics(
             num_layers=self.num_layers,
-            cos_sum=tuple(self._cos.tolist()) if self._cos is not None else tuple(zeros),
-            tokens=self._tokens,
-            samples=self._samples,
-            forwards=self.forwards,
-            angular_sum={
-                n: tuple(self._ang[n].tolist())
-                if n in self._ang
-                else tuple(zeros[: self.num_layers - n + 1])
-                for n in self.block_sizes
-            },
+            cos_sum=tuple(sums.cos.tolist()),
+            tokens=sums.tokens,
+            samples=sums.samples,
+            forwards=sums.forwards,
+            angular_sum={n: tuple(v.tolist()) for n, v in sums.angular.items()},
         )

@@ -17,12 +17,13 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         default="",
         help="lmms-eval style key=value,... for pruned_vlm (pretrained=, base=, device_map=, ...)",
     )
-    g.add_argument("--calib_math", default="prune_calib_math")
-    g.add_argument("--calib_nonmath", default="prune_calib_nonmath")
-    g.add_argument("--calib_limit", type=int, default=64, help="samples per domain")
-    g.add_argument("--include_path", default=None, help="extra lmms-eval task folder")
-    g.add_argument("--tokens", default="all", choices=["all", "text", "image", "last"])
-    g.add_argument("--plan_cache", default="true", help="cache folder, or false")
+    # Defaults live in pruned_vlm; a flag given here overrides nothing silently (see _load).
+    g.add_argument("--calib_math", help="default: prune_calib_math")
+    g.add_argument("--calib_nonmath", help="default: prune_calib_nonmath")
+    g.add_argument("--calib_limit", help="samples per domain, or none (default: 64)")
+    g.add_argument("--include_path", help="extra lmms-eval task folder")
+    g.add_argument("--tokens", choices=["all", "text", "image", "last"], help="default: all")
+    g.add_argument("--plan_cache", help="true (default), false, or a cache folder")
     g.add_argument("--force_simple", action="store_true", help="use the simple (not chat) wrapper")
 
 
@@ -32,92 +33,93 @@ def _parse_model_args(s: str) -> dict:
     return simple_parse_args_string(s) if s else {}
 
 
-def _calib_kwargs(a) -> dict:
-    return {"calib_math": a.calib_math, "calib_nonmath": a.calib_nonmath, "calib_limit": a.calib_limit,
-            "include_path": a.include_path, "tokens": a.tokens, "plan_cache": a.plan_cache}  # fmt: skip
+CALIB_FLAGS = ("calib_math", "calib_nonmath", "calib_limit", "include_path", "tokens", "plan_cache")
+
+
+def _pruned_vlm_args(a, **prune) -> dict:
+    """``--model_args`` plus the calibration flags given; the same key twice is an error."""
+    margs = _parse_model_args(a.model_args)
+    flags = {k: getattr(a, k) for k in CALIB_FLAGS if getattr(a, k) is not None} | prune
+    both = sorted(set(margs) & set(flags))
+    if both:
+        raise ValueError(
+            f"{both[0]} is given both in --model_args ({margs[both[0]]!r}) and as an option "
+            f"({flags[both[0]]!r}); give it once"
+        )
+    return margs | flags
 
 
 def _load(a, **prune):
     from .models.pruned_vlm import PrunedVLM, PrunedVLMSimple
 
     cls = PrunedVLMSimple if a.force_simple else PrunedVLM
-    return cls(**(_parse_model_args(a.model_args) | _calib_kwargs(a) | prune))
-
-
-def _calibrator(a, lm):
-    from .cache import weights_fingerprint
-    from .calibration import Calibrator
-    from .models.pruned_vlm import _cache
-
-    sets = {
-        d: t for d, t in (("math", a.calib_math), ("nonmath", a.calib_nonmath)) if t and t != "none"
-    }
-    return Calibrator(lm.base, lm.hf_model, sets, a.calib_limit, a.tokens, a.include_path, _cache(a.plan_cache),
-                      weights_fingerprint(lm.pretrained, lm.revision))  # fmt: skip
+    return cls(**_pruned_vlm_args(a, **prune))
 
 
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def _budgets(s: str) -> list[int | float]:
-    out = []
-    for x in _csv(s):
+def _budget(x: str) -> int | float:
+    """A budget as typed: ``4`` stays an int (plans record it as given), ``0.25`` a fraction."""
+    try:
         v = float(x)
-        out.append(int(v) if v.is_integer() else v)
-    return out
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"budget={x!r} is not a number") from err
+    return int(v) if v.is_integer() else v
+
+
+def _budgets(s: str) -> list[int | float]:
+    return [_budget(x) for x in _csv(s)]
 
 
 # -- rank -----------------------------------------------------------------------------------
 def cmd_rank(a) -> int:
     from .criteria import ranks
-    from .pipeline import PruneOptions, make_plan
-    from .plan import ModelIdentity
+    from .planner import PruneOptions
     from .plots import layer_profiles
     from .plugins import get_criteria
     from .strategies import resolve_budget
 
     out = Path(a.out)
     lm = _load(a, budget=0)
-    ident = ModelIdentity.of(lm.hf_model, lm.pretrained, lm.revision)
-    k = resolve_budget(a.budget, ident.num_layers)
-    calib = _calibrator(a, lm)
-    domains = tuple(calib.sets)
-    stats = calib.statistics(domains, (k,) if k else ())
-    calib_id = calib.identity(domains)
-    plans, rank_cols = {}, {}
-    for name, crit in get_criteria().items():
-        needed = [d for d in crit.domains if d != "*"]
-        if any(d not in stats for d in needed):
-            continue
+    planner, n = lm.planner, lm.identity.num_layers
+    k = resolve_budget(a.budget, n)
+    options = {}
+    for name in get_criteria():
         opts = PruneOptions(
             criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed
         )
-        plan = make_plan(ident, stats, opts, calib_id)
-        plans[name] = plan
-        r = ranks(plan.scores)
-        rank_cols[name] = [int(ident.num_layers - x) for x in r]  # 1 = removed first
+        try:
+            planner.check(opts)
+        except ValueError as err:  # e.g. a criterion reading a domain that is not calibrated
+            print(f"skipped {name}: {err}", file=sys.stderr)
+            continue
+        options[name] = opts
+    plans = dict(zip(options, planner.plans(list(options.values())), strict=True))
+    sims = {d: s.similarity() for d, s in planner.statistics().items()}
+    rank_cols = {
+        name: [int(n - x) for x in ranks(p.scores)] for name, p in plans.items()
+    }  # 1 = first
+    for name, plan in plans.items():
         plan.save(out / "plans" / f"{name}.json")
-    sims = {d: s.similarity() for d, s in stats.items()}
     head = ["layer", *[f"s_{d}" for d in sims], *rank_cols]
     rows = []
-    for layer in range(ident.num_layers):
+    for layer in range(n):
         cells = [str(layer), *[f"{sims[d][layer]:.4f}" for d in sims]]
         cells += [
             f"{rank_cols[c][layer]}{'*' if layer in plans[c].removed else ''}" for c in rank_cols
         ]
         rows.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print(
-        f"{lm.pretrained}: {ident.num_layers} decoder layers; rank 1 = removed first; * = removed at budget {k}"
-    )
+    print(f"{lm.pretrained}: {n} decoder layers; rank 1 = removed first; * = removed at budget {k}")
     print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
     png = layer_profiles(sims, {n: p.removed for n, p in plans.items()}, out / "layer_scores.png",
                          f"{Path(lm.pretrained).name}: per-layer similarity; marks = removed at budget {k}")  # fmt: skip
     print(
-        f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {calib.forwards}"
+        f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {planner.forwards}"
     )
     return 0
 
@@ -126,10 +128,14 @@ def cmd_rank(a) -> int:
 def cmd_export(a) -> int:
     import gc
 
-    from .export import export_pruned
+    from .args import parse_bool
+    from .export import check_target, export_pruned
     from .plan import PrunePlan
 
     margs = _parse_model_args(a.model_args)
+    trust = parse_bool("trust_remote_code", margs.get("trust_remote_code", False))
+    strict = parse_bool("plan_strict", margs.get("plan_strict", True))
+    check_target(Path(a.out), None, a.force)  # before any loading; the plan is compared later
     if a.plan:
         plan = PrunePlan.load(a.plan)
         pretrained = margs.get("pretrained") or plan.model.name_or_path
@@ -146,7 +152,7 @@ def cmd_export(a) -> int:
         del lm
         gc.collect()
     path = export_pruned(str(pretrained), plan, a.out, force=a.force, revision=margs.get("revision"),
-                         trust_remote_code=bool(margs.get("trust_remote_code", False)))  # fmt: skip
+                         trust_remote_code=trust, strict=strict)  # fmt: skip
     print(f"exported {pretrained} without layers {list(plan.removed)} to {path}")
     return 0
 
@@ -155,18 +161,19 @@ def cmd_export(a) -> int:
 def cmd_sweep(a) -> int:
     from lmms_eval.tasks import TaskManager
 
-    from . import TASKS_DIR
+    from .calibration import CalibrationConfig
     from .sweep import check_tasks, plan_cells, run_sweep
 
     tasks = _csv(a.tasks)
-    tm = TaskManager(include_path=[TASKS_DIR] + ([a.include_path] if a.include_path else []))
+    args = _pruned_vlm_args(a)
+    config = CalibrationConfig.parse(**{k: args[k] for k in CALIB_FLAGS if k in args})
+    tm = TaskManager(include_path=config.task_paths)
     check_tasks(tasks, tm)
     strategies = [None if s == "default" else s for s in _csv(a.strategies)]
     cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
     lm = _load(a, budget=0)
     summary = run_sweep(
         lm,
-        _calibrator(a, lm),
         cells,
         tasks,
         tm,
@@ -177,6 +184,30 @@ def cmd_sweep(a) -> int:
     )
     print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
           f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
+    return 0
+
+
+# -- list -----------------------------------------------------------------------------------
+def cmd_list(a) -> int:
+    from .plugins import get_calibration_sets, get_criteria, get_strategies
+
+    print("criteria (higher score = removed first):")
+    for c in get_criteria().values():
+        domains = ", ".join(c.domains) if c.domains else "none"
+        print(f"  {c.name:<12} {c.formula}  [domains: {domains}; default strategy: "
+              f"{c.default_strategy}; cost: {c.cost}]  {c.description}")  # fmt: skip
+    print("strategies:")
+    for s in get_strategies().values():
+        traits = [
+            t
+            for t, on in (("uses scores", s.uses_scores), ("spacing-aware", s.spacing_aware))
+            if on
+        ]
+        print(f"  {s.name:<12} {s.description}  [{', '.join(traits) or 'scores ignored'}]")
+    print("calibration sets:")
+    for c in get_calibration_sets().values():
+        where = "offline" if c.offline else "needs the hub"
+        print(f"  {c.name:<20} {c.domain:<8} task {c.task} ({where})  {c.description}")
     return 0
 
 
@@ -230,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rank", help="calibrate once; per-layer similarities and each criterion's ranking"
     )
     _model_options(r)
-    r.add_argument("--budget", type=float, default=4)
+    r.add_argument("--budget", type=_budget, default=4)
     r.add_argument("--strategy", default=None)
     r.add_argument("--alpha", type=float, default=0.5)
     r.add_argument("--seed", type=int, default=0)
@@ -240,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a pruned checkpoint that plain transformers loads")
     _model_options(e)
     e.add_argument("--criterion", default="math")
-    e.add_argument("--budget", type=float, default=4)
+    e.add_argument("--budget", type=_budget, default=4)
     e.add_argument("--strategy", default=None)
     e.add_argument("--alpha", type=float, default=0.5)
     e.add_argument("--seed", type=int, default=0)
@@ -266,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min_gap", type=int, default=2)
     s.add_argument("--out", default="out/sweep.jsonl")
     s.set_defaults(fn=cmd_sweep)
+
+    ls = sub.add_parser("list", help="every registered criterion, strategy and calibration set")
+    ls.set_defaults(fn=cmd_list)
 
     rp = sub.add_parser(
         "report", help="leaderboard (Markdown, CSV, JSON), plots and regime analysis"

@@ -6,7 +6,7 @@ Pure functions of their inputs; none of them touches a model.
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .stats import LayerStatistics, pool
@@ -39,9 +39,20 @@ class Scores:
     blocks: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
 
 
+#: ``measure(domain, removed)``: statistics of the model with the layers ``removed`` taken out
+#: (indices of the full model), calibrated on ``domain``. Given to adaptive criteria.
+Measure = Callable[[str, tuple[int, ...]], LayerStatistics]
+
+
 @dataclass(frozen=True)
 class Criterion:
-    """A named scoring rule. ``domains`` lists the calibration domains it reads ("*" = any)."""
+    """A named scoring rule. ``domains`` lists the calibration domains it reads ("*" = any).
+
+    ``fn(stats, num_layers, options)`` scores from one calibration of the unpruned model. An
+    ``adaptive`` criterion instead gets ``adaptive(measure, num_layers, budget, options)`` and
+    may re-calibrate the model with layers removed, as often as it needs (the planner counts
+    and caches every pass).
+    """
 
     name: str
     fn: Callable[[Stats, int, CriterionOptions], Scores]
@@ -50,18 +61,36 @@ class Criterion:
     description: str = ""
     default_strategy: str = "topk"
     needs_blocks: bool = False  # scores blocks of n layers: capture must measure n = budget
+    adaptive: Callable[[Measure, int, int, CriterionOptions], Scores] | None = None
+    cost: str = "one calibration pass per domain"
+
+    def resolve_domains(self, available: Iterable[str]) -> tuple[str, ...]:
+        """The concrete domains this criterion reads, given the calibrated (or configured) ones.
+
+        "*" means every available domain. The one place that says a domain is missing.
+        """
+        available = tuple(available)
+        if "*" in self.domains:
+            if not available:
+                raise ValueError(
+                    f"criterion={self.name!r} needs calibration on at least one domain, but "
+                    "calib_math and calib_nonmath are both none"
+                )
+            return available
+        missing = [d for d in self.domains if d not in available]
+        if missing:
+            raise ValueError(
+                f"criterion={self.name!r} needs calibration on {missing[0]}, but only "
+                f"{sorted(available) or 'nothing'} was calibrated; set calib_{missing[0]} to a "
+                "calibration set or lmms-eval task"
+            )
+        return self.domains
 
     def __call__(
         self, stats: Stats, num_layers: int, options: CriterionOptions | None = None
     ) -> Scores:
         options = options or CriterionOptions()
-        missing = [d for d in self.domains if d != "*" and d not in stats]
-        if missing or ("*" in self.domains and not stats):
-            need = missing or ["any domain"]
-            raise ValueError(
-                f"criterion={self.name!r} needs calibration on {', '.join(need)}, "
-                f"but only {sorted(stats) or 'nothing'} was calibrated"
-            )
+        self.resolve_domains(stats)
         for domain, s in stats.items():
             if s.num_layers != num_layers:
                 raise ValueError(

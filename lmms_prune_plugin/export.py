@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .plan import PrunePlan
 
+MARKER = ".lmms-prune-export"  # in every folder an export writes; what --force may replace
+
 
 def export_pruned(
     pretrained: str,
@@ -17,24 +19,35 @@ def export_pruned(
     force: bool = False,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    strict: bool = True,
 ) -> Path:
     """Load ``pretrained`` in its stored dtype, apply ``plan``, save weights, config, processor,
     ``plan.json`` and a model card to ``out``.
 
     The folder is written next to ``out`` and moved into place at the end, so a failure leaves
-    whatever was there intact. An ``out`` holding anything but this same export needs ``force``.
+    whatever was there intact; leftovers of an interrupted export are removed on the next one.
+    ``out`` may already hold this same export; another export of ours is replaced only with
+    ``force``, and a folder that is not an export of ours never is.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from .cache import weights_fingerprint
+    from .plan import ModelIdentity
+
     out = Path(out)
-    _check_target(out, plan, force)
+    check_target(out, plan, force)
+    _remove_leftovers(out)
     model = AutoModelForImageTextToText.from_pretrained(
         pretrained, dtype="auto", revision=revision, trust_remote_code=trust_remote_code
     )
-    plan.apply_(model)
+    identity = ModelIdentity.of(
+        model, pretrained, revision, weights_fingerprint(pretrained, revision)
+    )
+    plan.apply_(model, identity, strict)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        (tmp / MARKER).write_text(plan.to_json())
         model.save_pretrained(tmp, safe_serialization=True)
         processor = AutoProcessor.from_pretrained(
             pretrained, revision=revision, trust_remote_code=trust_remote_code
@@ -51,23 +64,52 @@ def export_pruned(
     return out
 
 
-def _check_target(out: Path, plan: PrunePlan, force: bool) -> None:
-    if force or not out.exists() or not any(out.iterdir()):
+def _is_ours(folder: Path) -> bool:
+    if (folder / MARKER).is_file():
+        return True
+    try:  # exports written before the marker: a valid plan and our model card
+        PrunePlan.load(folder / "plan.json")
+        return "lmms-prune" in (folder / "README.md").read_text()
+    except (OSError, ValueError):
+        return False
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Temporary folders of an interrupted export to ``out`` (ours: they hold the marker)."""
+    if not out.parent.is_dir():
         return
-    existing = out / "plan.json"
-    if existing.exists():
-        try:
-            same = json.loads(existing.read_text()) == plan.to_dict()
-        except (OSError, json.JSONDecodeError):
-            same = False
-        if same:
-            return
+    for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+        if tmp.is_dir() and _is_ours(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_target(out: Path, plan: PrunePlan | None, force: bool) -> None:
+    """Refuse before any work: a file, an unwritable place, or a folder that is not ours.
+
+    ``plan=None`` checks only what does not depend on the plan (before one is made).
+    """
+    from .args import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is not allowed: it is a file; give a folder")
+    check_writable("out", out.parent if not out.exists() else out)
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not _is_ours(out):
+        raise ValueError(
+            f"out={str(out)!r} is not empty and holds no export of lmms-prune; it is never "
+            "replaced (not even with --force): give a new or empty folder"
+        )
+    if plan is None or force:
+        return
+    try:
+        same = json.loads((out / "plan.json").read_text()) == plan.to_dict()
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if not same:
         raise ValueError(
             f"out={str(out)!r} already holds a different export (its plan.json differs); pass --force to replace it"
         )
-    raise ValueError(
-        f"out={str(out)!r} is not empty and holds no export of ours; pass --force to replace it"
-    )
 
 
 def model_card(plan: PrunePlan, pretrained: str) -> str:

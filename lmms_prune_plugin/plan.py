@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,10 +30,15 @@ class ModelIdentity:
     num_layers: int
     layers_path: str
     revision: str | None = None
+    fingerprint: str = ""  # of the checkpoint's weights (cache.weights_fingerprint); "" if unknown
 
     @classmethod
     def of(
-        cls, model: nn.Module, name_or_path: str | None = None, revision: str | None = None
+        cls,
+        model: nn.Module,
+        name_or_path: str | None = None,
+        revision: str | None = None,
+        fingerprint: str = "",
     ) -> ModelIdentity:
         cfg = getattr(model, "config", None)
         decoder = find_decoder_layers(model)
@@ -45,14 +51,31 @@ class ModelIdentity:
             num_layers=len(decoder),
             layers_path=decoder.path,
             revision=revision,
+            fingerprint=fingerprint,
         )
 
     def mismatch(self, other: ModelIdentity) -> list[str]:
-        """Fields that differ in a way that makes a plan unusable (the name may differ: local copies)."""
+        """Structural differences that make a plan unusable on ``other``, whatever the user says."""
         keys = ("architecture", "model_type", "num_layers", "layers_path")
         return [
             f"{k}: plan has {getattr(self, k)!r}, model has {getattr(other, k)!r}"
             for k in keys
+            if getattr(self, k) != getattr(other, k)
+        ]
+
+    def checkpoint_mismatch(self, other: ModelIdentity) -> list[str]:
+        """Whether ``other`` is another checkpoint: by weights fingerprint when both have one (a
+        local copy of the same weights matches), else by name and revision."""
+        if self.fingerprint and other.fingerprint:
+            if self.fingerprint != other.fingerprint:
+                return [
+                    f"weights: plan is for {self.name_or_path!r} (fingerprint {self.fingerprint[:12]}), "
+                    f"model is {other.name_or_path!r} (fingerprint {other.fingerprint[:12]})"
+                ]
+            return []
+        return [
+            f"{k}: plan has {getattr(self, k)!r}, model has {getattr(other, k)!r}"
+            for k in ("name_or_path", "revision")
             if getattr(self, k) != getattr(other, k)
         ]
 
@@ -84,15 +107,35 @@ class PrunePlan:
     format: int = PLAN_FORMAT
 
     def __post_init__(self) -> None:
-        validate_removal(self.model.num_layers, list(self.removed))
-        if self.scores and len(self.scores) != self.model.num_layers:
-            raise ValueError(
-                f"plan has {len(self.scores)} scores for {self.model.num_layers} layers"
-            )
+        from .strategies import resolve_budget
 
-    @property
-    def kept(self) -> tuple[int, ...]:
-        return tuple(i for i in range(self.model.num_layers) if i not in set(self.removed))
+        n = self.model.num_layers
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"model.num_layers={n!r} is not a layer count")
+        validate_removal(n, list(self.removed))
+        if list(self.removed) != sorted(self.removed):
+            raise ValueError(f"removed={list(self.removed)!r} is not sorted")
+        k = resolve_budget(self.budget, n)
+        if len(self.removed) != k:
+            raise ValueError(
+                f"removed={list(self.removed)!r} holds {len(self.removed)} layers, but budget="
+                f"{self.budget!r} removes {k} of {n}"
+            )
+        if self.scores and len(self.scores) != n:
+            raise ValueError(f"plan has {len(self.scores)} scores for {n} layers")
+        bad = [x for x in self.scores if isinstance(x, bool) or not isinstance(x, int | float)
+               or not math.isfinite(x)]  # fmt: skip
+        if bad:
+            raise ValueError(f"scores must be finite numbers; got {bad[:3]!r}")
+
+    def problem_for(self, model: ModelIdentity, options) -> str | None:
+        """Why this (cached) plan does not answer ``options`` on ``model``, or None."""
+        problems = self.model.mismatch(model) + self.model.checkpoint_mismatch(model)
+        want = (options.criterion, options.strategy_name, options.budget)
+        have = (self.criterion, self.strategy, self.budget)
+        if have != want:
+            problems.append(f"it is for criterion/strategy/budget {have}, not {want}")
+        return "; ".join(problems) or None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -109,13 +152,13 @@ class PrunePlan:
                 )
             return cls(
                 model=ModelIdentity(**data["model"]),
-                criterion=str(data["criterion"]),
-                criterion_options=dict(data["criterion_options"]),
-                strategy=str(data["strategy"]),
-                strategy_options=dict(data["strategy_options"]),
-                budget=data["budget"],
-                scores=tuple(float(x) for x in data["scores"]),
-                removed=tuple(int(i) for i in data["removed"]),
+                criterion=_typed(data, "criterion", str),
+                criterion_options=_typed(data, "criterion_options", dict),
+                strategy=_typed(data, "strategy", str),
+                strategy_options=_typed(data, "strategy_options", dict),
+                budget=_typed(data, "budget", int | float),
+                scores=tuple(_typed(data, "scores", list)),
+                removed=tuple(_typed(data, "removed", list)),
                 calibration=CalibrationIdentity(**data.get("calibration", {})),
                 token_selection=str(data.get("token_selection", "all")),
                 package_version=str(data.get("package_version", "")),
@@ -143,19 +186,45 @@ class PrunePlan:
         except (json.JSONDecodeError, ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"plan={str(path)!r} is not a valid prune plan: {err}") from err
 
-    def check_model(self, model: nn.Module) -> None:
-        """Raise if ``model`` is not the model this plan was made for. Touches nothing."""
-        problems = self.model.mismatch(ModelIdentity.of(model))
+    def check_model(self, model: nn.Module, identity: ModelIdentity | None = None,
+                    strict: bool = True) -> None:  # fmt: skip
+        """Raise if ``model`` is not the model this plan was made for. Touches nothing.
+
+        A different architecture or layer layout always refuses. Which checkpoint ``model`` was
+        loaded from only the caller knows: given its ``identity``, another checkpoint of the same
+        layout refuses too, unless ``strict`` is False.
+        """
+        known = identity is not None
+        identity = identity or ModelIdentity.of(model)
+        problems = self.model.mismatch(identity)
+        if strict and known:
+            problems += self.model.checkpoint_mismatch(identity)
         if problems:
+            hint = (
+                ""
+                if not strict or self.model.mismatch(identity)
+                else "; pass plan_strict=false to apply it anyway"
+            )
             raise ValueError(
-                f"plan for {self.model.name_or_path!r} does not fit this model ({'; '.join(problems)})"
+                f"plan for {self.model.name_or_path!r} does not fit this model ({'; '.join(problems)}){hint}"
             )
 
-    def apply_(self, model: nn.Module) -> nn.Module:
+    def apply_(self, model: nn.Module, identity: ModelIdentity | None = None,
+               strict: bool = True) -> nn.Module:  # fmt: skip
         """Check the model, then remove the planned layers in place."""
-        self.check_model(model)
+        self.check_model(model, identity, strict)
         remove_decoder_layers_(model, self.removed)
         return model
+
+
+def _typed(data: Mapping, name: str, kind) -> Any:
+    """``data[name]`` if it is of ``kind`` (bools are not numbers), else a ValueError naming it."""
+    value = data[name]
+    if isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{name}={value!r} is not allowed in a plan")
+    if not isinstance(value, kind):
+        raise ValueError(f"{name}={value!r} is not allowed in a plan")
+    return value
 
 
 def content_hash(items: Sequence[Any]) -> str:

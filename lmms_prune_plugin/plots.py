@@ -53,13 +53,14 @@ def accuracy_vs_budget(
     # Ten default colours repeat past ten methods; tab20 keeps a dozen or so apart.
     palette = plt.get_cmap("tab20").colors
     colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+    spaced = {r["method"]: bool(r.get("spacing_aware")) for r in records}  # dashed lines
     for ax, (col, label) in zip(axes[0], groups.items(), strict=True):
         for m in methods:
             pts = sorted(
                 (r["budget"], r[col]) for r in records if r["method"] == m and r[col] is not None
             )
             pts = [(0, b[col]) for b in base.values() if b[col] is not None][:1] + pts
-            style = "--" if m.endswith("+spaced") or m == "uniform" else "-"
+            style = "--" if spaced[m] else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m,
                     color=colors[m])  # fmt: skip
         ax.set_title(label)

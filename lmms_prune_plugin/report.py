@@ -3,8 +3,8 @@
 Regime rule (documented in the README). For every budget b > 0, over the methods evaluated at b:
 spread(b) = best - worst of the overall score, leader(b) = the best method.
 - moderate starts at the first budget whose spread is below ``converge`` points;
-- high starts at the first budget from which a spacing-aware method (strategy ``spaced`` or
-  ``uniform``) leads at every larger budget, searched from the moderate start (or from the
+- high starts at the first budget from which a spacing-aware method (a strategy registered
+  with ``spacing_aware``: ``spaced``, ``uniform``) leads at every larger budget, searched from the moderate start (or from the
   smallest budget when the methods never converge);
 - every budget before those is low.
 """
@@ -26,7 +26,15 @@ PREFERRED_METRICS = (
     "relaxed_overall,none",
     "gpt_eval_score,none",
 )
-SPACING_AWARE = ("spaced", "uniform")
+
+
+def _traits(strategy: str) -> tuple[bool, bool]:
+    """(uses scores, spacing-aware) of a registered strategy; a name no longer registered
+    (rows from another installation) counts as a plain score-based one."""
+    from .plugins import get_strategies
+
+    found = get_strategies().get(strategy)
+    return (found.uses_scores, found.spacing_aware) if found else (True, False)
 
 
 def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
@@ -63,8 +71,8 @@ def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
 def method(row: dict) -> str:
     if row["budget"] == 0:
         return "unpruned"
-    if row["strategy"] == "uniform":  # scores ignored: the criterion is immaterial
-        return "uniform"
+    if not _traits(row["strategy"])[0]:  # scores ignored: the criterion is immaterial
+        return row["strategy"]
     return f"{row['criterion']}+{row['strategy']}"
 
 
@@ -88,6 +96,7 @@ class Leaderboard:
             "budget",
             "kept_layers",
             "removed",
+            "spacing_aware",
             *self.math_tasks,
             "math_avg",
             *self.general_tasks,
@@ -107,6 +116,7 @@ def leaderboard(rows: list[dict], math_tasks: Sequence[str] | None = None) -> Le
         rec = {
             "model": r["model"], "method": method(r), "criterion": r["criterion"], "strategy": r["strategy"],
             "budget": r["budget"], "kept_layers": r.get("kept_layers"), "removed": r.get("removed", []),
+            "spacing_aware": r["budget"] != 0 and _traits(r["strategy"])[1],
             **{t: scores.get(t) for t in tasks},
             "math_avg": _mean([scores[t] for t in maths if t in scores]),
             "general_avg": _mean([scores[t] for t in general if t in scores]),
@@ -127,15 +137,12 @@ def regimes(board: Leaderboard, converge: float = 2.0, score: str = "overall") -
         best = max(recs, key=lambda r: (r[score], r["method"]))
         worst = min(r[score] for r in recs)
         per.append({"budget": b, "methods": len(recs), "spread": best[score] - worst, "leader": best["method"],
-                    "leader_score": best[score], "leader_strategy": best["strategy"]})  # fmt: skip
+                    "leader_score": best[score], "leader_strategy": best["strategy"],
+                    "leader_spacing_aware": best["spacing_aware"]})  # fmt: skip
     moderate = next((i for i, p in enumerate(per) if p["spread"] < converge), None)
     start = moderate if moderate is not None else 0
     high = next(
-        (
-            i
-            for i in range(start, len(per))
-            if all(p["leader_strategy"] in SPACING_AWARE for p in per[i:])
-        ),
+        (i for i in range(start, len(per)) if all(p["leader_spacing_aware"] for p in per[i:])),
         None,
     )
     for i, p in enumerate(per):
@@ -163,7 +170,7 @@ def to_markdown(board: Leaderboard, regime_rows: list[dict] | None = None) -> st
     cols = [
         c
         for c in board.columns
-        if c not in ("criterion", "strategy")
+        if c not in ("criterion", "strategy", "spacing_aware")
         and not (c == "model" and len({r["model"] for r in board.records}) == 1)
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

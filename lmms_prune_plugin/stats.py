@@ -67,6 +67,25 @@ class LayerStatistics:
             },
         )
 
+    def flatten(self) -> list[float]:
+        """Every sum as one list (for an all-reduce); :meth:`unflatten` reads it back."""
+        flat = [*self.cos_sum, self.tokens, self.samples, self.forwards]
+        for n in sorted(self.angular_sum):
+            flat.extend(self.angular_sum[n])
+        return flat
+
+    def unflatten(self, values: list[float]) -> LayerStatistics:
+        """Statistics of the same shape as these, from :meth:`flatten`'s layout."""
+        L = self.num_layers
+        if len(values) != len(self.flatten()):
+            raise ValueError(f"{len(values)} values do not fit statistics of {L} layers")
+        angular, pos = {}, L + 3
+        for n in sorted(self.angular_sum):
+            angular[n] = tuple(values[pos : pos + L - n + 1])
+            pos += L - n + 1
+        counts = [int(round(v)) for v in values[L : L + 3]]
+        return LayerStatistics(L, tuple(values[:L]), *counts, angular)
+
     def to_dict(self) -> dict:
         return {
             "num_layers": self.num_layers,

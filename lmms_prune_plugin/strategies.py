@@ -27,11 +27,13 @@ class StrategyOptions:
 
 @dataclass(frozen=True)
 class Strategy:
-    """A named selection rule."""
+    """A named selection rule and its traits, which sweeps, reports and plots read."""
 
     name: str
     fn: Callable[[Scores, int, list[int], StrategyOptions], list[int]]
     description: str = ""
+    uses_scores: bool = True  # False: the criterion is immaterial (one sweep cell per budget)
+    spacing_aware: bool = False  # keeps removed layers apart (the paper's high-budget family)
 
     def __call__(
         self, scores: Scores, budget: int | float, options: StrategyOptions | None = None
@@ -156,7 +158,18 @@ def contiguous(scores: Scores, k: int, eligible: list[int], options: StrategyOpt
 
 BUILTIN_STRATEGIES = (
     Strategy("topk", topk, "the k highest scores"),
-    Strategy("spaced", spaced, "greedy by score, removed layers at least min_gap apart"),
-    Strategy("uniform", uniform, "evenly spaced through depth, scores ignored"),
+    Strategy(
+        "spaced",
+        spaced,
+        "greedy by score, removed layers at least min_gap apart",
+        spacing_aware=True,
+    ),
+    Strategy(
+        "uniform",
+        uniform,
+        "evenly spaced through depth, scores ignored",
+        uses_scores=False,
+        spacing_aware=True,
+    ),
     Strategy("contiguous", contiguous, "the best-scoring block of k consecutive layers"),
 )

@@ -11,19 +11,13 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
-from .calibration import Calibrator, _is_main, domains_for
+from .distributed import is_main
 from .layers import decoder_layers_removed
-from .pipeline import PruneOptions, make_plan
-from .plan import ModelIdentity, PrunePlan
-from .plugins import get_criterion
-from .strategies import resolve_budget
-
-BASELINE = "none"  # criterion/strategy of the unpruned row
-SCORE_FREE = "uniform"  # the strategy that ignores scores
+from .planner import BASELINE, PruneOptions
+from .plugins import get_strategy
 
 
 @dataclass(frozen=True)
@@ -49,8 +43,8 @@ def plan_cells(
 ) -> list[Cell]:
     """Every combination; budget 0 is one shared unpruned cell; ``None`` = criterion's default.
 
-    ``uniform`` ignores scores, so it is one cell per budget (with the calibration-free ``last``
-    criterion) however many criteria are swept.
+    A strategy that ignores scores (``uniform``) is one cell per budget (with the
+    calibration-free ``last`` criterion) however many criteria are swept.
     """
     cells = []
     budgets = list(budgets)
@@ -62,7 +56,8 @@ def plan_cells(
                 if b != 0:
                     opts = PruneOptions(criterion=c, strategy=s, budget=b)  # validates all three
                     name = opts.strategy_name
-                    cells.append(Cell("last" if name == SCORE_FREE else c, name, b))
+                    free = not get_strategy(name).uses_scores
+                    cells.append(Cell("last" if free else c, name, b))
     return list(dict.fromkeys(cells))
 
 
@@ -108,7 +103,6 @@ def task_metrics(results: dict) -> dict[str, dict[str, float]]:
 
 def run_sweep(
     lm,
-    calibrator: Calibrator,
     cells: Sequence[Cell],
     tasks: Sequence[str],
     task_manager,
@@ -116,7 +110,6 @@ def run_sweep(
     limit: int | None = None,
     alpha: float = 0.5,
     min_gap: int = 2,
-    extra: dict[str, Any] | None = None,
 ) -> SweepSummary:
     """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``."""
     from lmms_eval.evaluator import simple_evaluate
@@ -131,63 +124,39 @@ def run_sweep(
         for r in (read_rows(out) if out.exists() else [])
     }
     todo = [c for c in cells if c.key(model_name, tasks, limit) not in done]
-    identity = ModelIdentity.of(lm.hf_model, model_name, lm.revision)
-    n = identity.num_layers
-
-    # One pass per domain feeds every cell: the union of domains and of angular block sizes.
-    pruning = [c for c in todo if c.budget != 0]
-    domains = tuple(
-        dict.fromkeys(
-            d
-            for c in pruning
-            for d in domains_for(get_criterion(c.criterion).domains, calibrator.sets)
-        )
-    )
-    blocks = tuple(
-        sorted(
-            {
-                resolve_budget(c.budget, n)
-                for c in pruning
-                if get_criterion(c.criterion).needs_blocks
-            }
-        )
-    )
-    stats = calibrator.statistics(domains, blocks) if domains else {}
-    calib_id = calibrator.identity(domains) if domains else None
-
-    def plan_for(cell: Cell) -> PrunePlan:
-        if cell.budget == 0:
-            return PrunePlan(identity, BASELINE, {}, BASELINE, {}, 0, (), ())
-        opts = PruneOptions(
-            criterion=cell.criterion,
-            strategy=cell.strategy,
-            budget=cell.budget,
+    n = lm.identity.num_layers
+    # Every plan first, from one calibration pass per domain: a cell that cannot be planned
+    # (say spaced beyond what min_gap allows) stops the sweep before any evaluation.
+    options = [
+        PruneOptions(
+            criterion=c.criterion,
+            strategy=c.strategy,
+            budget=c.budget,
             alpha=alpha,
             min_gap=min_gap,
-        )
-        needed = domains_for(get_criterion(cell.criterion).domains, calibrator.sets)
-        return make_plan(identity, {d: stats[d] for d in needed}, opts, calib_id)
-
-    # Every plan first: a cell that cannot be planned (say spaced beyond what min_gap allows)
-    # stops the sweep before any evaluation, not hours into it.
-    plans = [plan_for(cell) for cell in todo]
+        )  # fmt: skip
+        if c.budget != 0
+        else PruneOptions(criterion="last", budget=0)
+        for c in todo
+    ]
+    plans = lm.planner.plans(options)
     for cell, plan in tqdm(
-        list(zip(todo, plans, strict=True)), desc="sweep", disable=not _is_main()
+        list(zip(todo, plans, strict=True)), desc="sweep", disable=not is_main()
     ):
         removed = plan.removed
         with decoder_layers_removed(lm.hf_model, removed):
-            results_mod.record(plan)
+            results_mod.record(plan, lm.identity)
             res = simple_evaluate(
                 model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
             )
-        if res is None or not _is_main():  # other ranks: the harness reports on rank 0 only
+        if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
             continue
         row = {
             "model": model_name, "criterion": cell.criterion, "strategy": cell.strategy, "budget": cell.budget,
             "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
             "limit": limit, "metrics": task_metrics(res), "scores": list(plan.scores),
-            "calibration": plan.to_dict()["calibration"], **(extra or {}),
+            "calibration": plan.to_dict()["calibration"],
         }  # fmt: skip
         with out.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
-    return SweepSummary(len(cells), len(todo), len(cells) - len(todo), calibrator.forwards)
+    return SweepSummary(len(cells), len(todo), len(cells) - len(todo), lm.planner.forwards)

@@ -4,8 +4,8 @@
     python scripts/train_demo.py --smoke --out /tmp/demo-smoke   # tiny config, < 1 min
 
 The result is a plain transformers checkpoint (Qwen2VLForConditionalGeneration, its tokenizer,
-Qwen2VLProcessor with a chat template) in ``lmms_prune_plugin/assets/demo_vlm``, which
-lmms-eval's ``qwen2_vl`` wrapper loads with ``lmms_prune_plugin.demo.demo_model_args()``.
+Qwen2VLProcessor with a chat template) in ``lmms_prune_plugin/demo/model_files``, which
+lmms-eval's ``qwen2_vl`` wrapper loads with ``lmms_prune_plugin.demo.model.demo_model_args()``.
 
 Inputs are built exactly as that wrapper builds them at evaluation (system prompt, one image
 then the question, chat template, image sent as a JPEG data URL and decoded by qwen_vl_utils,
@@ -44,19 +44,7 @@ from torch.nn import functional as F  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
-from lmms_prune_plugin.data import (  # noqa: E402
-    HEIGHT,
-    WIDTH,
-    doc_to_text,
-    held_out_docs,
-    render_doc,
-    shuffled_docs,
-    train_stream,
-)
-from lmms_prune_plugin.data.canvas import COLS, GLYPHS, ROWS, SHAPES  # noqa: E402
-from lmms_prune_plugin.data.nonmath_items import easyvqa_pool  # noqa: E402
-from lmms_prune_plugin.data.prompts import POST_PROMPT  # noqa: E402
-from lmms_prune_plugin.data.targets import (  # noqa: E402
+from demo_targets import (  # noqa: E402
     COLOR_NAMES,
     EASYVQA_SHAPE_NAMES,
     IGNORE,
@@ -65,7 +53,20 @@ from lmms_prune_plugin.data.targets import (  # noqa: E402
     token_targets,
 )
 
-DEFAULT_OUT = ROOT / "lmms_prune_plugin" / "assets" / "demo_vlm"
+from lmms_prune_plugin.demo.data import (  # noqa: E402
+    HEIGHT,
+    WIDTH,
+    doc_to_text,
+    held_out_docs,
+    render_doc,
+    shuffled_docs,
+    train_stream,
+)
+from lmms_prune_plugin.demo.data.canvas import COLS, GLYPHS, ROWS, SHAPES  # noqa: E402
+from lmms_prune_plugin.demo.data.nonmath_items import easyvqa_pool  # noqa: E402
+from lmms_prune_plugin.demo.data.prompts import POST_PROMPT  # noqa: E402
+
+DEFAULT_OUT = ROOT / "lmms_prune_plugin" / "demo" / "model_files"
 SYSTEM_PROMPT = "You are a helpful assistant."  # lmms-eval qwen2_vl's default system prompt
 SPECIAL_TOKENS = [
     "<|endoftext|>",

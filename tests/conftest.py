@@ -14,3 +14,14 @@ import pytest  # noqa: E402
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own plan cache."""
     monkeypatch.setenv("LMMS_PRUNE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def logged():
+    """Messages sent through loguru (what lmms-eval users see) while the test runs."""
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="INFO")
+    yield messages
+    logger.remove(sink)

@@ -7,7 +7,7 @@ from helpers import vlm_batch
 
 from lmms_prune_plugin.capture import LayerCapture, NonFiniteActivationError, image_token_ids
 from lmms_prune_plugin.layers import find_decoder_layers
-from lmms_prune_plugin.tiny import build_tiny_vlm
+from lmms_prune_plugin.testing.tiny import build_tiny_vlm
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from lmms_prune_plugin.cli import main
 from lmms_prune_plugin.plan import PrunePlan
-from lmms_prune_plugin.tiny import save_tiny_vlm, wrapper_kwargs
+from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
 
 TASKS = str(Path(__file__).parent / "tasks")
 

@@ -15,7 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from lmms_prune_plugin.data import (  # noqa: E402
+from lmms_prune_plugin.demo.build_tasks import task_files, to_jsonl  # noqa: E402
+from lmms_prune_plugin.demo.data import (  # noqa: E402
     HEIGHT,
     HELD_OUT,
     MATH_KINDS,
@@ -29,8 +30,7 @@ from lmms_prune_plugin.data import (  # noqa: E402
     render_doc,
     shuffled_docs,
 )
-from lmms_prune_plugin.data.build_tasks import task_files, to_jsonl  # noqa: E402
-from lmms_prune_plugin.demo import (  # noqa: E402
+from lmms_prune_plugin.demo.model import (  # noqa: E402
     DEMO_MODEL_DIR,
     TASKS_DIR,
     DemoModelError,
@@ -258,7 +258,7 @@ def test_check_demo_model_reports_missing_folder(tmp_path):
 
 
 def test_pruned_vlm_without_pretrained_names_the_missing_demo_model(monkeypatch, tmp_path):
-    import lmms_prune_plugin.demo as demo
+    import lmms_prune_plugin.demo.model as demo
 
     monkeypatch.setattr(demo, "DEMO_MODEL_DIR", tmp_path / "missing")
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM

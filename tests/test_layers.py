@@ -4,8 +4,8 @@ from helpers import vlm_batch
 from torch import nn
 from transformers import AutoModelForImageTextToText
 
-from lmms_prune_plugin.layers import find_decoder_layers, remove_decoder_layers_
-from lmms_prune_plugin.tiny import ARCHITECTURES, DECODER_LAYERS_PATH, build_tiny_vlm
+from lmms_prune_plugin.layers import KNOWN_PATHS, find_decoder_layers, remove_decoder_layers_
+from lmms_prune_plugin.testing.tiny import ARCHITECTURES, build_tiny_vlm
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -21,7 +21,11 @@ def logits(model, batch):
 def test_locates_decoder_layers_of_every_architecture(arch):
     model, _ = build_tiny_vlm(arch, num_layers=5)
     decoder = find_decoder_layers(model)
-    assert decoder.path == DECODER_LAYERS_PATH[arch] and len(decoder) == 5
+    # A known layout, not the fallback search, and the text decoder: as deep and as wide as the
+    # text config says (the vision tower has other sizes).
+    assert decoder.path in KNOWN_PATHS and len(decoder) == 5
+    text = model.config.get_text_config()
+    assert decoder.layers[0].self_attn.o_proj.out_features == text.hidden_size
 
 
 def test_removal_keeps_cached_generation_equal_to_uncached(arch):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from helpers import vlm_batch
 
-from lmms_prune_plugin.pipeline import PruneOptions, make_plan
 from lmms_prune_plugin.plan import CalibrationIdentity, ModelIdentity, PrunePlan
+from lmms_prune_plugin.planner import PruneOptions, make_plan
 from lmms_prune_plugin.stats import LayerStatistics
-from lmms_prune_plugin.tiny import build_tiny_vlm
+from lmms_prune_plugin.testing.tiny import build_tiny_vlm
 
 
 def stats(sim):
@@ -102,12 +102,18 @@ def test_corrupt_or_missing_plan_files_name_the_file(tmp_path):
         ({"strategy": "nope"}, "strategy='nope' is not registered"),
         ({"budget": -2}, "budget=-2"),
         ({"alpha": 2}, "alpha=2"),
-        ({"tokens": "x"}, "tokens='x'"),
     ],
 )
 def test_options_are_validated_up_front(opts, message):
     with pytest.raises(ValueError, match=message):
         PruneOptions(**opts)
+
+
+def test_token_selection_is_validated_with_the_calibration_config():
+    from lmms_prune_plugin.calibration import CalibrationConfig
+
+    with pytest.raises(ValueError, match="tokens='x'"):
+        CalibrationConfig.parse(tokens="x")
 
 
 def test_budget_too_large_for_the_model(model):

@@ -6,8 +6,8 @@ import pytest
 
 from lmms_prune_plugin import plugins
 from lmms_prune_plugin.criteria import CriterionOptions
-from lmms_prune_plugin.pipeline import PruneOptions, make_plan
 from lmms_prune_plugin.plan import ModelIdentity
+from lmms_prune_plugin.planner import PruneOptions, make_plan
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 

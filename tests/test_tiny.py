@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from lmms_prune_plugin.tiny import (
+from lmms_prune_plugin.layers import find_decoder_layers
+from lmms_prune_plugin.testing.tiny import (
     ARCHITECTURES,
-    DECODER_LAYERS_PATH,
     LMMS_EVAL_WRAPPERS,
     build_tiny_vlm,
     build_tokenizer,
@@ -57,12 +57,6 @@ def saved(arch, tmp_path_factory):
     return arch, model, processor, path
 
 
-def _get(obj, dotted):
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _inputs(processor, size=(80, 60)):
     messages = [
         {
@@ -94,7 +88,7 @@ def test_real_classes_small_and_decoder_where_expected(saved):
     arch, model, processor, _ = saved
     assert (type(model).__name__, type(processor).__name__) == MODEL_CLASSES[arch]
     assert model.config.model_type == arch
-    layers = _get(model, DECODER_LAYERS_PATH[arch])
+    layers = find_decoder_layers(model).layers
     assert isinstance(layers, torch.nn.ModuleList) and len(layers) == NUM_LAYERS
     assert model.config.get_text_config().num_hidden_layers == NUM_LAYERS
     assert model.config.get_text_config().hidden_size == 64
@@ -107,7 +101,7 @@ def test_reload_with_auto_classes_and_generate(saved):
     reloaded = AutoModelForImageTextToText.from_pretrained(path).eval()
     processor = AutoProcessor.from_pretrained(path)
     assert (type(reloaded).__name__, type(processor).__name__) == MODEL_CLASSES[arch]
-    assert len(_get(reloaded, DECODER_LAYERS_PATH[arch])) == NUM_LAYERS
+    assert len(find_decoder_layers(reloaded).layers) == NUM_LAYERS
     built = model.state_dict()
     assert all(torch.equal(v, built[k]) for k, v in reloaded.state_dict().items())
 
@@ -244,7 +238,7 @@ def test_lmms_eval_wrapper_loads_and_generates(arch, simple, tmp_path):
     path = save_tiny_vlm(arch, tmp_path / arch, num_layers=2)
     wrapper = cls(pretrained=str(path), **wrapper_kwargs(arch))
     assert type(wrapper.model).__name__ == MODEL_CLASSES[arch][0]
-    assert len(_get(wrapper.model, DECODER_LAYERS_PATH[arch])) == 2
+    assert len(find_decoder_layers(wrapper.model).layers) == 2
 
     image = Image.new("RGB", (80, 60), (20, 120, 200))
     wrapper.task_dict = {"t": {"test": [{"q": "What colour is it?"}]}}

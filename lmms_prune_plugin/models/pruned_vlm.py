@@ -1,45 +1,32 @@
-"""``pruned_vlm``: load any VLM through its lmms-eval wrapper, remove layers, delegate evaluation."""
+"""``pruned_vlm``: load any VLM through its lmms-eval wrapper, remove layers, delegate evaluation.
+
+Every argument is checked before the model is loaded where the information exists (paths,
+booleans, budget against the checkpoint's layer count, unknown arguments), and always before
+the model is touched. Plans come from :class:`~lmms_prune_plugin.planner.Planner`.
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from lmms_eval.api.model import lmms
-from loguru import logger
 
-from ..cache import Cache, key, weights_fingerprint
-from ..calibration import DEFAULT_SETS, Calibrator, _is_main, domains_for
-from ..pipeline import PruneOptions, make_plan
+from ..args import check_writable, closest, is_none, optional, parse_bool
+from ..cache import files_fingerprint, key, weights_fingerprint
+from ..calibration import DEFAULT_SETS, CalibrationConfig
+from ..distributed import is_main
 from ..plan import ModelIdentity, PrunePlan
+from ..planner import Planner, PruneOptions
+from ..plugins import get_criterion
+from ..strategies import resolve_budget
 from . import results
+from .base import build_wrapper, pick_wrapper, read_config, unwrap
 
-# model_type -> lmms-eval wrapper, checked on tiny checkpoints with transformers 5.24.
-WRAPPERS = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "llava_onevision": "llava_hf",
-    "llava": "llava_hf",
-    "llava_next": "llava_hf",
-}
-FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
-
-OPTION_FIELDS = (
-    "criterion",
-    "budget",
-    "strategy",
-    "alpha",
-    "seed",
-    "min_gap",
-    "protect_first",
-    "protect_last",
-    "tokens",
-)
-
-
-def _none(value: Any) -> Any:
-    return None if value in (None, "", "none", "None") else value
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 class PrunedVLM(lmms):
@@ -67,43 +54,41 @@ class PrunedVLM(lmms):
         plan: str | None = None,
         save_plan: str | None = None,
         plan_cache: str | bool | None = True,
+        plan_strict: bool | str = True,
         revision: str | None = None,
-        trust_remote_code: bool = False,
+        trust_remote_code: bool | str = False,
         **base_kwargs: Any,
     ) -> None:
         super().__init__()
-        # Everything is validated before the model is loaded: bad input costs nothing.
+        # Everything the arguments alone can tell is checked before the model is loaded.
         self.options = PruneOptions(
-            criterion=criterion, budget=budget, strategy=_none(strategy), alpha=alpha, seed=seed,
-            min_gap=min_gap, protect_first=protect_first, protect_last=protect_last, tokens=tokens,
+            criterion=criterion, budget=budget, strategy=optional(strategy), alpha=alpha,
+            seed=seed, min_gap=min_gap, protect_first=protect_first, protect_last=protect_last,
         )  # fmt: skip
-        calib_limit = _none(calib_limit)
-        if calib_limit is not None and (
-            isinstance(calib_limit, bool) or not isinstance(calib_limit, int) or calib_limit < 1
-        ):
-            raise ValueError(
-                f"calib_limit={calib_limit!r} is not allowed; give a positive integer or none"
-            )
-        plan_file = PrunePlan.load(plan) if _none(plan) else None
-        sets = {
-            d: t
-            for d, t in (("math", calib_math), ("nonmath", calib_nonmath))
-            if _none(t) is not None
-        }
+        self.calibration = CalibrationConfig.parse(
+            calib_math, calib_nonmath, calib_limit, tokens, include_path, plan_cache
+        )
+        trust = parse_bool("trust_remote_code", trust_remote_code)
+        strict = parse_bool("plan_strict", plan_strict)
+        plan_file = PrunePlan.load(plan) if not is_none(plan) else None
+        save_to = _check_save_plan(optional(save_plan))
+        cache = self.calibration.cache()
+        if cache is not None and plan_file is None:
+            cache.check_writable()
         if plan_file is None and self.options.budget != 0:
-            missing = [d for d in self.options.domains if d != "*" and d not in sets]
-            if missing or ("*" in self.options.domains and not sets):
-                need = missing[0] if missing else "any"
-                raise ValueError(
-                    f"criterion={criterion!r} needs the {need!r} calibration domain, but calib_{need}={None!r}; "
-                    "name an lmms-eval task for it"
-                )
+            get_criterion(self.options.criterion).resolve_domains(self.calibration.sets)
 
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
-        self.pretrained, self.revision = str(pretrained), _none(revision)
-        if trust_remote_code:  # off unless the user turns it on; then the base wrapper gets it
+        self.pretrained, self.revision = pretrained, optional(revision)
+        config = _read_checkpoint_config(self.pretrained, self.revision)
+        depth = _text_depth(config)
+        if depth is not None:  # the loaded model is checked again, exactly, by the planner
+            resolve_budget(self.options.budget, depth)
+        self.base_name = optional(base) or pick_wrapper(config)
+        if trust:  # off unless the user turns it on; then the base wrapper gets it
             base_kwargs["trust_remote_code"] = True
-        self.base_name = _none(base) or pick_wrapper(self.pretrained, self.revision)
+        _check_base_kwargs(self.base_name, self.is_simple, base_kwargs)
+
         self.base = build_wrapper(
             self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
         )
@@ -112,44 +97,29 @@ class PrunedVLM(lmms):
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
         self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
-        self.calibration_forwards = 0
-        self.plan: PrunePlan = plan_file or self._make_plan(
-            sets=sets, limit=calib_limit,
-            include_path=_none(include_path), cache=_cache(plan_cache),
+        model = self.hf_model
+        weights = weights_fingerprint(self.pretrained, self.revision)
+        self.identity = ModelIdentity.of(model, self.pretrained, self.revision, weights)
+        run_key = key(
+            weights=weights, files=files_fingerprint(self.pretrained), base=self.base_name,
+            base_args={k: repr(v) for k, v in sorted(base_kwargs.items())},
+            simple=self.is_simple, dtype=str(next(model.parameters()).dtype),
         )  # fmt: skip
-        self.plan.apply_(self.hf_model)
-        if _none(save_plan) and _is_main():
-            self.plan.save(save_plan)
-        results.record(self.plan)
+        self.planner = Planner(self.base, model, self.identity, self.calibration, run_key)
+        if plan_file is not None:
+            plan_file.check_model(model, self.identity, strict)
+            self.plan = plan_file
+        else:
+            self.plan = self.planner.plan(self.options)
+        self.plan.apply_(model, self.identity, strict)
+        if save_to is not None and is_main():
+            self.plan.save(save_to)
+        results.record(self.plan, self.identity)
         print(f"{describe(self.plan)} | base={self.base_name}", file=sys.stderr)
 
-    # -- pruning ---------------------------------------------------------------------------
-    def _make_plan(self, sets, limit, include_path, cache) -> PrunePlan:
-        identity = ModelIdentity.of(self.hf_model, self.pretrained, self.revision)
-        opts = self.options
-        if opts.budget == 0:  # nothing to remove, nothing to calibrate
-            return PrunePlan(identity, opts.criterion, {}, opts.strategy_name, {}, 0, (), ())
-        domains = domains_for(opts.domains, sets)
-        model_key = weights_fingerprint(self.pretrained, self.revision)
-        calib = Calibrator(
-            self.base, self.hf_model, sets, limit, opts.tokens, include_path, cache, model_key
-        )
-        plan_key = key(
-            kind="plan",
-            identity=identity,
-            calibration=[calib.key(d) for d in domains],
-            options=opts.cache_key(),
-        )
-        cached = cache.get_plan(plan_key) if cache else None
-        if cached is not None and not cached.model.mismatch(identity):
-            logger.info(f"lmms-prune: using the cached plan {cache.dir / f'plan-{plan_key}.json'}")
-            return cached
-        stats = calib.statistics(domains, opts.block_sizes(identity.num_layers))
-        self.calibration_forwards = calib.forwards
-        plan = make_plan(identity, stats, opts, calib.identity(domains))
-        if cache and _is_main():
-            cache.put_plan(plan_key, plan)
-        return plan
+    @property
+    def calibration_forwards(self) -> int:
+        return self.planner.forwards
 
     # -- delegation ------------------------------------------------------------------------
     @property
@@ -192,48 +162,97 @@ class PrunedVLMSimple(PrunedVLM):
     is_simple = True
 
 
-def _cache(plan_cache: str | bool | None) -> Cache | None:
-    if plan_cache in (False, "false", "off", "none", "None", 0):
-        return None
-    return Cache(None if plan_cache in (True, None, "true", "") else str(plan_cache))
+#: The arguments ``pruned_vlm`` itself takes (everything else goes to the base wrapper).
+OWN_ARGS = tuple(
+    p for p in inspect.signature(PrunedVLM.__init__).parameters if p not in ("self", "base_kwargs")
+)
 
 
 def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict]:
     """No ``pretrained``: the packaged demo model, with the wrapper settings it needs."""
-    if _none(pretrained) is not None:
+    if not is_none(pretrained):
         return str(pretrained), base_kwargs
-    from ..demo import DEMO_MODEL_DIR, check_demo_model, demo_model_args
+    from ..demo.model import DEMO_MODEL_DIR, check_demo_model, demo_model_args
 
     check_demo_model(DEMO_MODEL_DIR)
     return str(DEMO_MODEL_DIR), demo_model_args() | base_kwargs
 
 
-def pick_wrapper(pretrained: str, revision: str | None = None) -> str:
-    """The lmms-eval wrapper for the checkpoint's model_type, else our generic one."""
-    from transformers import PretrainedConfig
+def _read_checkpoint_config(pretrained: str, revision: str | None) -> dict:
+    """The checkpoint's config.json, or one clear line saying why there is none."""
+    local = Path(pretrained).expanduser()
+    if local.exists():
+        if not (local.is_dir() and (local / "config.json").is_file()):
+            raise ValueError(
+                f"pretrained={pretrained!r} is not allowed: it is not a checkpoint folder (no config.json)"
+            )
+    elif not _HUB_ID.match(pretrained) or pretrained.startswith((".", "~")):
+        raise ValueError(
+            f"pretrained={pretrained!r} is not allowed: no such folder, and not a hub id (org/name)"
+        )
+    try:
+        return read_config(pretrained, revision)
+    except OSError as err:
+        raise ValueError(
+            f"pretrained={pretrained!r}: no such local folder, and its config could not be fetched "
+            f"from the hub (offline, unknown id or revision?): {str(err).splitlines()[0]}"
+        ) from err
 
-    # The raw config dict is enough for model_type: no config class, no remote code to run.
-    cfg, _ = PretrainedConfig.get_config_dict(pretrained, revision=revision)
-    return WRAPPERS.get(cfg.get("model_type", ""), FALLBACK_WRAPPER)
+
+def _text_depth(config: dict) -> int | None:
+    """num_hidden_layers of the text decoder, from a raw config dict (None if not stated)."""
+    for sub in ("text_config", "llm_config", "language_config"):
+        n = (
+            (config.get(sub) or {}).get("num_hidden_layers")
+            if isinstance(config.get(sub), dict)
+            else None
+        )
+        if isinstance(n, int):
+            return n
+    n = config.get("num_hidden_layers")
+    return n if isinstance(n, int) else None
 
 
-def build_wrapper(name: str, simple: bool, **kwargs: Any) -> lmms:
-    """Construct lmms-eval's wrapper ``name`` of the same kind (chat/simple) as ours."""
+def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
+    """An argument neither ours nor a named parameter of the base wrapper is a typo: name it."""
     from lmms_eval import models
 
-    available = models.list_available_models(include_aliases=True)
-    if name not in available or name == "pruned_vlm":
-        choices = ", ".join(sorted(a for a in available if a != "pruned_vlm"))
-        raise ValueError(f"base={name!r} is not an lmms-eval model; choose one of: {choices}")
-    cls = models.get_model(name, force_simple=simple)
-    return cls(**kwargs)
+    try:
+        cls = models.get_model(base, force_simple=simple)
+    except Exception:  # build_wrapper reports an unknown base with the list of choices
+        return
+    params = inspect.signature(cls.__init__).parameters
+    named = [
+        p
+        for p, v in params.items()
+        if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self"
+    ]
+    unknown = [k for k in kwargs if k not in named]
+    if unknown:
+        k = unknown[0]
+        raise ValueError(
+            f"{k}={kwargs[k]!r} is not an argument of pruned_vlm or of its base wrapper {base!r}"
+            f"{closest(k, [*OWN_ARGS, *named])}; pruned_vlm takes {', '.join(OWN_ARGS)}; "
+            f"{base} takes {', '.join(named)}"
+        )
 
 
-def unwrap(model):
-    """The transformers model under accelerate / DDP wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+def _check_save_plan(path: str | None) -> Path | None:
+    """``save_plan`` may create a file or replace a plan, never anything else; checked now."""
+    if path is None:
+        return None
+    target = Path(str(path)).expanduser()
+    if target.is_dir():
+        raise ValueError(f"save_plan={path!r} is not allowed: it is a folder; give a file path")
+    if target.exists():
+        try:
+            PrunePlan.load(target)
+        except ValueError as err:
+            raise ValueError(
+                f"save_plan={path!r} is not allowed: the file exists and is not a plan, so it is "
+                "not replaced; give a new path or remove it"
+            ) from err
+    return check_writable("save_plan", target)
 
 
 def describe(plan: PrunePlan) -> str:

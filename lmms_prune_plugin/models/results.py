@@ -1,19 +1,23 @@
-"""Put the applied plan into lmms-eval's results, so a leaderboard row says which layers were cut.
+"""Say in lmms-eval's results what was evaluated: the plan at ``config.prune_plan``, once.
 
-lmms-eval 0.7.3 offers no hook for a model to add to ``results["config"]``; its evaluator passes
-that dict through ``_redact_eval_config_secrets`` just before returning. We wrap that one
-function, once, and add the plans recorded by ``pruned_vlm`` instances under ``prune_plan``.
+lmms-eval 0.7.3 offers no hook for a model to add to ``results["config"]``. Its evaluator passes
+that dict through ``_redact_eval_config_secrets`` just before returning, and that function calls
+itself by its global name for every nested value. We wrap it once; the wrapper adds the plan
+only at the outermost call, and only when the run's ``model_backend`` is ``pruned_vlm``, so a
+plain model evaluated later in the same process never carries a pruned plan. The output folder
+is named after ``pretrained=``; for the packaged demo model, which needs none, it is named too.
 """
 
 from __future__ import annotations
 
-from ..plan import PrunePlan
+from ..plan import ModelIdentity, PrunePlan
 
-_PLANS: list[dict] = []
+_STATE: dict = {"plan": None, "model_name": None, "depth": 0}
+DEMO_MODEL_NAME = "lmms-prune-demo-vlm"
 
 
-def summary(plan: PrunePlan) -> dict:
-    return {
+def summary(plan: PrunePlan, evaluated: ModelIdentity | None = None) -> dict:
+    out = {
         "model": plan.model.name_or_path,
         "architecture": plan.model.architecture,
         "num_layers": plan.model.num_layers,
@@ -24,28 +28,61 @@ def summary(plan: PrunePlan) -> dict:
         "budget": plan.budget,
         "scores": list(plan.scores),
         "calibration": plan.to_dict()["calibration"],
+        "token_selection": plan.token_selection,
         "package_version": plan.package_version,
     }
+    if evaluated is not None and plan.model.checkpoint_mismatch(evaluated):
+        # plan_strict=false applied another checkpoint's plan: say both.
+        out["evaluated_model"] = evaluated.name_or_path
+    return out
 
 
-def record(plan: PrunePlan) -> None:
-    """Remember ``plan`` for the results of the next evaluation (the latest model wins)."""
-    _PLANS[:] = [summary(plan)]
+def record(plan: PrunePlan, evaluated: ModelIdentity | None = None) -> None:
+    """The plan of the ``pruned_vlm`` about to be evaluated (the latest constructed wins)."""
+    from ..demo import DEMO_MODEL_DIR
+
+    _STATE["plan"] = summary(plan, evaluated)
+    name = evaluated.name_or_path if evaluated else plan.model.name_or_path
+    _STATE["model_name"] = DEMO_MODEL_NAME if name == str(DEMO_MODEL_DIR) else name
     _install()
+
+
+def _is_ours(config: dict) -> bool:
+    from .pruned_vlm import PrunedVLM
+
+    backend = str(config.get("model_backend", ""))
+    return backend.startswith(f"{PrunedVLM.__module__}.")
 
 
 def _install() -> None:
     import lmms_eval.evaluator as ev
+    from lmms_eval.loggers.evaluation_tracker import GeneralConfigTracker
 
     original = ev._redact_eval_config_secrets
     if getattr(original, "_lmms_prune", False):
         return
 
-    def with_plan(config):
-        out = original(config)
-        if _PLANS and isinstance(out, dict):
-            out["prune_plan"] = _PLANS[-1]
+    def with_plan(value):
+        _STATE["depth"] += 1
+        try:
+            out = original(value)
+        finally:
+            _STATE["depth"] -= 1
+        if _STATE["depth"] == 0 and isinstance(out, dict) and _STATE["plan"] and _is_ours(out):
+            out["prune_plan"] = _STATE["plan"]
         return out
 
     with_plan._lmms_prune = True
     ev._redact_eval_config_secrets = with_plan
+
+    log_args = GeneralConfigTracker.log_experiment_args
+
+    def log_with_name(self, model_source, model_args, *args, **kwargs):
+        log_args(self, model_source, model_args, *args, **kwargs)
+        if not self.model_name and model_source == "pruned_vlm" and _STATE["model_name"]:
+            from lmms_eval.utils import sanitize_model_name
+
+            self.model_name = _STATE["model_name"]
+            self.model_name_sanitized = sanitize_model_name(self.model_name)
+
+    GeneralConfigTracker.log_experiment_args = log_with_name

@@ -10,8 +10,8 @@ import functools
 import re
 from typing import Any
 
-from .canvas import COLORS, COLS, GLYPHS, ROWS, SHAPES, covered, side_of
-from .items import image_spec
+from lmms_prune_plugin.demo.data.canvas import COLORS, COLS, GLYPHS, ROWS, SHAPES, covered, side_of
+from lmms_prune_plugin.demo.data.items import image_spec
 
 IGNORE = -100
 COLOR_NAMES: tuple[str, ...] = ("", *sorted(COLORS))  # index 0: no colour (text or empty)

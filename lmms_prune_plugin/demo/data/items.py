@@ -48,7 +48,7 @@ def make_doc_from_spec(
     key: str,
     **extra: Any,
 ) -> dict[str, Any]:
-    """A document with an explicit image spec (see :mod:`lmms_prune_plugin.data.canvas`)."""
+    """A document with an explicit image spec (see :mod:`lmms_prune_plugin.demo.data.canvas`)."""
     doc = {"domain": domain, "kind": kind, "question": question, "answer": answer}
     doc.update(image=json.dumps(spec, sort_keys=True), key=key, **extra)
     return doc

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m lmms_prune_plugin.data.build_tasks            # write next to the task YAMLs
-    python -m lmms_prune_plugin.data.build_tasks --check    # fail if a file is out of date
+    python -m lmms_prune_plugin.demo.build_tasks            # write next to the task YAMLs
+    python -m lmms_prune_plugin.demo.build_tasks --check    # fail if a file is out of date
 
-The output is a pure function of the seeds in :mod:`lmms_prune_plugin.data.splits` (and of the
+The output is a pure function of the seeds in :mod:`lmms_prune_plugin.demo.data.splits` (and of the
 easy-vqa package), so rerunning it rewrites byte-identical files.
 """
 
@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .splits import HELD_OUT, held_out_docs, shuffled_docs
-
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+from . import TASKS_DIR
+from .data.splits import HELD_OUT, held_out_docs, shuffled_docs
 
 
 def _folder(task: str) -> Path:
-    return TASKS_DIR / ("prune_calib" if task.startswith("prune_calib") else "prune_demo")
+    return Path(TASKS_DIR) / ("prune_calib" if task.startswith("prune_calib") else "prune_demo")
 
 
 def task_files() -> dict[Path, list[dict[str, Any]]]:
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(text, encoding="utf-8")
         print(f"wrote {len(docs):4d} docs to {path}")
     if stale:
-        print("out of date (run python -m lmms_prune_plugin.data.build_tasks):", *stale, sep="\n  ")
+        print("out of date (run python -m lmms_prune_plugin.demo.build_tasks):", *stale, sep="\n  ")
         return 1
     return 0
 

@@ -2,12 +2,12 @@
 
 It lets anyone without a GPU or hub access watch layer pruning change real accuracies::
 
-    from lmms_prune_plugin.demo import DEMO_MODEL_DIR, check_demo_model, demo_model_args
+    from lmms_prune_plugin.demo.model import DEMO_MODEL_DIR, check_demo_model, demo_model_args
 
     check_demo_model()
     args = {"pretrained": str(DEMO_MODEL_DIR), **demo_model_args()}
     # lmms-eval --model qwen2_vl --model_args pretrained=...,device_map=cpu,... \\
-    #           --tasks prune_demo --include_path lmms_prune_plugin/tasks
+    #           --tasks prune_demo --include_path lmms_prune_plugin/demo/tasks
 
 The weights are produced by ``python scripts/train_demo.py`` (CPU, about 40 minutes on 2 cores).
 """
@@ -18,11 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import DEMO_MODEL_DIR, TASKS_DIR
 from .data.canvas import HEIGHT, WIDTH
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo_vlm"
-#: Where the demo's benchmark and calibration tasks live (lmms-eval ``--include_path``).
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+__all__ = ["DEMO_MODEL_DIR", "TASKS_DIR", "check_demo_model", "demo_model_args"]
 #: The lmms-eval wrapper that loads the demo checkpoint (``--model``).
 DEMO_WRAPPER = "qwen2_vl"
 REGENERATE = "python scripts/train_demo.py"

@@ -30,6 +30,8 @@ from transformers import (
     ProcessorMixin,
 )
 
+from ..models.base import WRAPPERS
+
 ARCHITECTURES: tuple[str, ...] = (
     "qwen2_vl",
     "qwen2_5_vl",
@@ -39,24 +41,9 @@ ARCHITECTURES: tuple[str, ...] = (
     "smolvlm",
 )
 
-#: model_type -> name of the lmms-eval model wrapper that loads such a checkpoint (``--model``).
-#: Idefics3 and SmolVLM have no lmms-eval wrapper that loads a plain HF checkpoint of theirs.
-LMMS_EVAL_WRAPPERS: dict[str, str] = {
-    "qwen2_vl": "qwen2_vl",
-    "qwen2_5_vl": "qwen2_5_vl",
-    "qwen3_vl": "qwen3_vl",
-    "llava_onevision": "llava_hf",
-}
-
-# Where each architecture keeps its text decoder (checked by the tests).
-DECODER_LAYERS_PATH: dict[str, str] = {
-    "qwen2_vl": "model.language_model.layers",
-    "qwen2_5_vl": "model.language_model.layers",
-    "qwen3_vl": "model.language_model.layers",
-    "llava_onevision": "model.language_model.layers",
-    "idefics3": "model.text_model.layers",
-    "smolvlm": "model.text_model.layers",
-}
+#: model_type -> the lmms-eval wrapper ``pruned_vlm`` delegates to, for the architectures above
+#: that have one (Idefics3 and SmolVLM go to the package's own ``hf_vlm``).
+LMMS_EVAL_WRAPPERS: dict[str, str] = {a: WRAPPERS[a] for a in ARCHITECTURES if a in WRAPPERS}
 
 # Pixel budgets for the Qwen image processors: factor = patch_size * merge_size (28 for
 # Qwen2/2.5-VL, 32 for Qwen3-VL); min = 2x2 factors (4 visual tokens), max = 4x4 (16 tokens).
@@ -555,10 +542,12 @@ def wrapper_kwargs(arch: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lmms_prune_plugin.tiny ARCH PATH [--layers N] [--seed S]``: save a tiny model."""
+    """``python -m lmms_prune_plugin.testing.tiny ARCH PATH [--layers N] [--seed S]``: save a tiny model."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m lmms_prune_plugin.tiny", description=main.__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m lmms_prune_plugin.testing.tiny", description=main.__doc__
+    )
     p.add_argument("arch", choices=ARCHITECTURES)
     p.add_argument("path")
     p.add_argument("--layers", type=int, default=12)

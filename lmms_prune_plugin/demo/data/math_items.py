@@ -1,7 +1,7 @@
 """Math items: rendered arithmetic, bar charts and counting, each answered by a number.
 
-Every item is a JSON-able document (see :func:`lmms_prune_plugin.data.items.make_doc`) whose
-``image`` field is a cell spec for :mod:`lmms_prune_plugin.data.canvas`.
+Every item is a JSON-able document (see :func:`lmms_prune_plugin.demo.data.items.make_doc`) whose
+``image`` field is a cell spec for :mod:`lmms_prune_plugin.demo.data.canvas`.
 
 - ``arith``: "7 + 5 =" drawn one symbol per cell along a random row (+, - and x of single
   digits).

@@ -1,0 +1,47 @@
+"""Which lmms-eval wrapper loads a checkpoint, and building it. The base of ``pruned_vlm``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# model_type -> lmms-eval wrapper, checked on tiny checkpoints with transformers 5.24.
+WRAPPERS: dict[str, str] = {
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "llava_onevision": "llava_hf",
+    "llava": "llava_hf",
+    "llava_next": "llava_hf",
+}
+FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
+
+
+def read_config(pretrained: str, revision: str | None = None) -> dict:
+    """The checkpoint's raw ``config.json`` as a dict: no config class, no remote code runs."""
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig.get_config_dict(pretrained, revision=revision)[0]
+
+
+def pick_wrapper(config: dict) -> str:
+    """The lmms-eval wrapper for the checkpoint's ``model_type``, else our generic one."""
+    return WRAPPERS.get(config.get("model_type", ""), FALLBACK_WRAPPER)
+
+
+def build_wrapper(name: str, simple: bool, **kwargs: Any):
+    """Construct lmms-eval's wrapper ``name`` of the same kind (chat/simple) as ours."""
+    from lmms_eval import models
+
+    available = models.list_available_models(include_aliases=True)
+    if name not in available or name == "pruned_vlm":
+        choices = ", ".join(sorted(a for a in available if a != "pruned_vlm"))
+        raise ValueError(f"base={name!r} is not an lmms-eval model; choose one of: {choices}")
+    cls = models.get_model(name, force_simple=simple)
+    return cls(**kwargs)
+
+
+def unwrap(model):
+    """The transformers model under accelerate / DDP wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model

@@ -1,0 +1,242 @@
+"""The one place that plans: (model, calibration config, prune options) -> plans.
+
+:class:`PruneOptions` say which layers should go and how; :func:`make_plan` turns statistics
+into a plan without touching a model; :class:`Planner` validates every option against the
+loaded model first, calibrates each needed domain once for all of them (or as often as an
+adaptive criterion asks), and reads and fills the plan cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from loguru import logger
+
+from .calibration import CalibrationConfig, Calibrator
+from .criteria import CriterionOptions, Scores
+from .distributed import is_main
+from .plan import CalibrationIdentity, ModelIdentity, PrunePlan, content_hash
+from .plugins import get_criterion, get_strategy
+from .stats import LayerStatistics
+from .strategies import StrategyOptions, resolve_budget
+
+BASELINE = "none"  # criterion and strategy of a budget-0 plan
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Everything that decides which layers go, given the statistics. Validated on construction."""
+
+    criterion: str = "math"
+    budget: int | float = 0
+    strategy: str | None = None  # None: the criterion's default (topk; contiguous for angular)
+    alpha: float = 0.5
+    seed: int = 0
+    min_gap: int = 2
+    protect_first: int = 0
+    protect_last: int = 0
+
+    def __post_init__(self) -> None:
+        crit = get_criterion(self.criterion)
+        get_strategy(self.strategy or crit.default_strategy)
+        resolve_budget(self.budget, 10**9)  # type and sign; the layer count is checked later
+        self.criterion_options(0)
+        self.strategy_options()
+
+    @property
+    def strategy_name(self) -> str:
+        return self.strategy or get_criterion(self.criterion).default_strategy
+
+    def block_sizes(self, num_layers: int) -> tuple[int, ...]:
+        k = resolve_budget(self.budget, num_layers)
+        return (k,) if get_criterion(self.criterion).needs_blocks and k > 0 else ()
+
+    def criterion_options(self, num_layers: int) -> CriterionOptions:
+        blocks = self.block_sizes(num_layers) if num_layers else ()
+        return CriterionOptions(alpha=self.alpha, seed=self.seed, block_sizes=blocks)
+
+    def strategy_options(self) -> StrategyOptions:
+        return StrategyOptions(
+            min_gap=self.min_gap, protect_first=self.protect_first, protect_last=self.protect_last
+        )
+
+    def cache_key(self) -> dict:
+        return asdict(self) | {"strategy": self.strategy_name}
+
+
+def unpruned_plan(model: ModelIdentity) -> PrunePlan:
+    """Budget 0: nothing removed, nothing calibrated."""
+    return PrunePlan(model, BASELINE, {}, BASELINE, {}, 0, (), ())
+
+
+def select(model: ModelIdentity, scores: Scores, options: PruneOptions,
+           calibration: CalibrationIdentity | None = None, tokens: str = "all") -> PrunePlan:  # fmt: skip
+    """Pick ``budget`` layers from ``scores`` with the options' strategy; the plan records why."""
+    n = model.num_layers
+    k = resolve_budget(options.budget, n)
+    copts = options.criterion_options(n)
+    removed = get_strategy(options.strategy_name)(scores, k, options.strategy_options())
+    return PrunePlan(
+        model=model,
+        criterion=options.criterion,
+        criterion_options={
+            "alpha": copts.alpha,
+            "seed": copts.seed,
+            "block_sizes": list(copts.block_sizes),
+        },  # fmt: skip
+        strategy=options.strategy_name,
+        strategy_options=asdict(options.strategy_options()),
+        budget=options.budget,
+        scores=tuple(scores.per_layer),
+        removed=removed,
+        calibration=calibration or CalibrationIdentity(),
+        token_selection=tokens,
+    )
+
+
+def make_plan(
+    model: ModelIdentity,
+    stats: Mapping[str, LayerStatistics],
+    options: PruneOptions,
+    calibration: CalibrationIdentity | None = None,
+    tokens: str = "all",
+) -> PrunePlan:
+    """Score the layers with the criterion and pick ``budget`` of them. Pure."""
+    if resolve_budget(options.budget, model.num_layers) == 0:
+        return unpruned_plan(model)
+    n = model.num_layers
+    scores = get_criterion(options.criterion)(stats, n, options.criterion_options(n))
+    return select(model, scores, options, calibration, tokens)
+
+
+class Planner:
+    """Plans for one loaded model. The only user of :class:`Calibrator`.
+
+    ``run_key`` identifies everything about the run that changes activations (checkpoint,
+    wrapper and its arguments, dtype, processor); it keys the calibration and plan caches.
+    """
+
+    def __init__(self, wrapper, model, identity: ModelIdentity, config: CalibrationConfig,
+                 run_key: str) -> None:  # fmt: skip
+        self.identity, self.config, self.run_key = identity, config, run_key
+        self.calibrator = Calibrator(wrapper, model, config, run_key)
+        self.cache = self.calibrator.cache
+
+    @property
+    def forwards(self) -> int:
+        """Prefill forwards run for calibration so far."""
+        return self.calibrator.forwards
+
+    # -- checks, before any calibration -----------------------------------------------------
+    def domains(self, options: PruneOptions) -> tuple[str, ...]:
+        """The calibration domains ``options`` read; an error if one is not configured."""
+        if resolve_budget(options.budget, self.identity.num_layers) == 0:
+            return ()
+        return get_criterion(options.criterion).resolve_domains(self.config.sets)
+
+    def check(self, options: PruneOptions) -> None:
+        """Budget against the real layer count, domains, and whether the strategy can pick
+        ``budget`` layers under its constraints (tried on neutral scores)."""
+        n = self.identity.num_layers
+        k = resolve_budget(options.budget, n)
+        self.domains(options)
+        if k:
+            get_strategy(options.strategy_name)(Scores((0.0,) * n), k, options.strategy_options())
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan_key(self, options: PruneOptions) -> str:
+        from .cache import key
+
+        return key(
+            kind="plan", run=self.run_key, identity=self.identity,
+            calibration=[self.calibrator.key(d) for d in self.domains(options)],
+            options=options.cache_key(),
+        )  # fmt: skip
+
+    def plan(self, options: PruneOptions) -> PrunePlan:
+        return self.plans([options])[0]
+
+    def plans(self, options: Sequence[PruneOptions]) -> list[PrunePlan]:
+        """One plan per options, in order. Every option is checked before anything runs; one
+        calibration pass per domain serves all one-shot criteria together."""
+        for o in options:
+            self.check(o)
+        n = self.identity.num_layers
+        out: list[PrunePlan | None] = [None] * len(options)
+        todo = []
+        for i, o in enumerate(options):
+            if resolve_budget(o.budget, n) == 0:
+                out[i] = unpruned_plan(self.identity)
+            elif (cached := self._cached_plan(o)) is not None:
+                out[i] = cached
+            else:
+                todo.append(i)
+        oneshot = [options[i] for i in todo if not get_criterion(options[i].criterion).adaptive]
+        domains = tuple(dict.fromkeys(d for o in oneshot for d in self.domains(o)))
+        blocks = tuple(sorted({b for o in oneshot for b in o.block_sizes(n)}))
+        stats = {d: self.calibrator.calibrate(d, blocks).stats for d in domains}
+        for i in todo:
+            o = options[i]
+            plan = self._make(o, stats)
+            if self.cache is not None and is_main():
+                self.cache.put_plan(self.plan_key(o), plan)
+            out[i] = plan
+        return out  # type: ignore[return-value]
+
+    def statistics(self, domains: Sequence[str] | None = None,
+                   block_sizes: tuple[int, ...] = ()) -> dict[str, LayerStatistics]:  # fmt: skip
+        """Each configured (or named) domain's statistics of the unpruned model."""
+        names = tuple(domains) if domains is not None else tuple(self.config.sets)
+        return {d: self.calibrator.calibrate(d, block_sizes).stats for d in names}
+
+    def calibration_identity(self, domains: Sequence[str]) -> CalibrationIdentity:
+        """What a plan records about its data: set names, sample counts, content hash."""
+        done = {d: self.calibrator.calibrate(d) for d in domains}
+        return CalibrationIdentity(
+            sets={d: c.task for d, c in done.items()},
+            samples={d: c.samples for d, c in done.items()},
+            content_hash=content_hash([[d, c.fingerprint] for d, c in sorted(done.items())]),
+        )
+
+    def _make(self, o: PruneOptions, stats: Mapping[str, LayerStatistics]) -> PrunePlan:
+        n = self.identity.num_layers
+        crit = get_criterion(o.criterion)
+        domains = self.domains(o)
+        if crit.adaptive is None:
+            scores = crit({d: stats[d] for d in domains}, n, o.criterion_options(n))
+        else:
+
+            def measure(domain: str, removed: tuple[int, ...] = ()) -> LayerStatistics:
+                if domain not in domains:
+                    raise ValueError(
+                        f"criterion={o.criterion!r} measured domain {domain!r}, not among its "
+                        f"declared domains {domains}"
+                    )
+                return self.calibrator.calibrate(domain, (), tuple(removed)).stats
+
+            k = resolve_budget(o.budget, n)
+            scores = crit.adaptive(measure, n, k, o.criterion_options(n))
+            if len(scores.per_layer) != n:
+                raise ValueError(
+                    f"criterion {o.criterion!r} returned {len(scores.per_layer)} scores for {n} layers"
+                )
+        return select(
+            self.identity, scores, o, self.calibration_identity(domains), self.config.tokens
+        )
+
+    def _cached_plan(self, o: PruneOptions) -> PrunePlan | None:
+        if self.cache is None:
+            return None
+        k = self.plan_key(o)
+        plan = self.cache.get_plan(k)
+        if plan is None:
+            return None
+        problem = plan.problem_for(self.identity, o)
+        if problem:
+            logger.warning(
+                f"lmms-prune: cache entry {self.cache.path('plan', k)} does not fit ({problem}); recomputing it"
+            )
+            return None
+        logger.info(f"lmms-prune: using the cached plan {self.cache.path('plan', k)}")
+        return plan

@@ -1,0 +1,73 @@
+"""Pure tensor functions behind capture: which tokens count, and masked similarity sums.
+
+No hooks and no model here: each function takes tensors and returns tensors, so each is
+tested on hand-made inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TOKEN_SELECTIONS = ("all", "text", "image", "last")
+
+
+def token_mask(
+    batch: int,
+    seq: int,
+    tokens: str = "all",
+    attention_mask: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+    image_token_ids: tuple[int, ...] = (),
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Boolean (batch, seq) mask of the positions that count.
+
+    Padding (``attention_mask == 0``) never counts. ``text``/``image`` split the real tokens by
+    whether their id is an image placeholder; ``last`` keeps each sample's last real token.
+    """
+    if tokens not in TOKEN_SELECTIONS:
+        raise ValueError(
+            f"tokens={tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}"
+        )
+    attn = attention_mask
+    if torch.is_tensor(attn) and attn.dim() == 2 and tuple(attn.shape) == (batch, seq):
+        real = attn.to(device).bool()
+    else:
+        real = torch.ones(batch, seq, dtype=torch.bool, device=device)
+    if tokens in ("text", "image"):
+        if not image_token_ids:
+            raise ValueError(
+                f"tokens={tokens!r} needs the model config to name its image token id "
+                "(image_token_id / image_token_index); this model's does not, use tokens=all or last"
+            )
+        if input_ids is None or tuple(input_ids.shape) != (batch, seq):
+            raise ValueError(f"tokens={tokens!r} needs input_ids aligned with the decoder input")
+        ids = input_ids.to(device)
+        is_image = torch.zeros_like(real)
+        for tid in image_token_ids:
+            is_image |= ids == tid
+        return real & (is_image if tokens == "image" else ~is_image)
+    if tokens == "last":
+        last = seq - 1 - torch.flip(real.int(), dims=[1]).argmax(dim=1)
+        mask = torch.zeros_like(real)
+        mask[torch.arange(batch, device=real.device), last] = real.any(dim=1)
+        return mask
+    return real
+
+
+def masked_cosine_sum(
+    h_in: torch.Tensor, h_out: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over weighted positions of cos(h_in, h_out) in float64, whether every cos is finite).
+
+    ``weight`` is the (batch, seq) float64 token mask; non-finite values are reported, not summed.
+    """
+    cos = F.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
+    return (torch.nan_to_num(cos).double() * weight).sum(), torch.isfinite(cos).all()
+
+
+def masked_angular_sum(h_a: torch.Tensor, h_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Sum over weighted positions of the angular distance arccos(cos(h_a, h_b)) / pi (float64)."""
+    cos = F.cosine_similarity(h_a.float(), h_b.float(), dim=-1).clamp(-1.0, 1.0)
+    return (torch.nan_to_num(torch.arccos(cos) / torch.pi).double() * weight).sum()
