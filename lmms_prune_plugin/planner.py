@@ -19,7 +19,7 @@ from .distributed import is_main
 from .plan import CalibrationIdentity, ModelIdentity, PrunePlan, content_hash
 from .plugins import get_criterion, get_strategy
 from .stats import LayerStatistics
-from .strategies import StrategyOptions, resolve_budget
+from .strategies import StrategyOptions, check_budget, resolve_budget
 
 BASELINE = "none"  # criterion and strategy of a budget-0 plan
 
@@ -40,7 +40,7 @@ class PruneOptions:
     def __post_init__(self) -> None:
         crit = get_criterion(self.criterion)
         get_strategy(self.strategy or crit.default_strategy)
-        resolve_budget(self.budget, 10**9)  # type and sign; the layer count is checked later
+        check_budget(self.budget)  # against the layer count once the model is known
         self.criterion_options(0)
         self.strategy_options()
 

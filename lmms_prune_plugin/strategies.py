@@ -54,8 +54,8 @@ class Strategy:
         return tuple(chosen)
 
 
-def resolve_budget(budget: int | float, num_layers: int) -> int:
-    """A count of layers, or a fraction of ``num_layers`` when 0 < budget < 1 (rounded half up)."""
+def check_budget(budget: int | float) -> None:
+    """What can be said of a budget without the model: a number >= 0, whole above 1."""
     if isinstance(budget, bool) or not isinstance(budget, Real) or not math.isfinite(budget):
         raise ValueError(
             f"budget={budget!r} is not allowed; give a layer count or a fraction in (0, 1)"
@@ -64,14 +64,24 @@ def resolve_budget(budget: int | float, num_layers: int) -> int:
         raise ValueError(
             f"budget={budget!r} is not allowed; it must be >= 0 (a layer count or a fraction in (0, 1))"
         )
-    if 0 < budget < 1:
-        k = math.floor(budget * num_layers + 0.5)
-    elif float(budget).is_integer():
-        k = int(budget)
-    else:
+    if budget >= 1 and not float(budget).is_integer():
         raise ValueError(
             f"budget={budget!r} is not allowed; above 1 it must be a whole number of layers"
         )
+
+
+def resolve_budget(budget: int | float, num_layers: int) -> int:
+    """A count of layers, or a fraction of ``num_layers`` when 0 < budget < 1 (rounded half up)."""
+    check_budget(budget)
+    if 0 < budget < 1:
+        k = math.floor(budget * num_layers + 0.5)
+        if k == 0:  # evaluating the unpruned model under a pruning label would be a silent lie
+            raise ValueError(
+                f"budget={budget!r} removes 0 of {num_layers} layers (rounded half up); give a "
+                f"fraction of at least {0.5 / num_layers:.3g}, a layer count, or 0 for no pruning"
+            )
+    else:
+        k = int(budget)
     if k >= num_layers:
         raise ValueError(
             f"budget={budget!r} removes {k} of {num_layers} layers; at most {num_layers - 1} may be removed"
