@@ -233,12 +233,8 @@ def test_two_processes_split_calibration_and_agree_on_the_plan(checkpoints, tmp_
     assert plan["scores"] == pytest.approx(list(single.scores), abs=1e-6)
 
 
-def test_hf_vlm_scores_multiple_choice_by_loglikelihood(checkpoints):
-    """Our generic wrapper's loglikelihood path on lmms-eval multiple-choice requests.
-
-    (lmms-eval 0.7.3's evaluator turns every loglikelihood result into a string, so multiple
-    choice tasks fail there for every wrapper; the requests are run directly.)
-    """
+def test_hf_vlm_loglikelihood_returns_losses(checkpoints):
+    """lmms-eval's multiple-choice tasks take the argmin: answers must be losses (NLL > 0)."""
     import math
 
     from lmms_eval.tasks import TaskManager, get_task_dict
@@ -254,9 +250,83 @@ def test_hf_vlm_scores_multiple_choice_by_loglikelihood(checkpoints):
     ]
     task.build_all_requests(limit=2)
     lm.task_dict["prune_test_choice"] = task.dataset
-    lls = lm.loglikelihood(task.instances)
-    assert len(lls) == 8  # 2 docs x 4 choices
+    answers = lm.loglikelihood(task.instances)
+    assert len(answers) == 8  # 2 docs x 4 choices
     for doc in range(2):
-        per_choice = [ll for ll, _ in lls[4 * doc : 4 * doc + 4]]
-        assert all(math.isfinite(x) and x < 0 for x in per_choice)
-        assert sum(math.exp(x) for x in per_choice) <= 1.0 + 1e-6  # distinct continuations
+        losses = [a.text[0] for a in answers[4 * doc : 4 * doc + 4]]
+        assert all(math.isfinite(x) and x > 0 for x in losses)
+        assert sum(math.exp(-x) for x in losses) <= 1.0 + 1e-6  # distinct continuations
+
+
+@pytest.mark.slow
+def test_multiple_choice_through_the_cli_matches_a_direct_computation(checkpoints, tmp_path):
+    """A local multiple-choice task through the real CLI on a base wrapper (qwen2_vl) that has
+    no loglikelihood of its own: every document's choice and the accuracy equal those computed
+    directly with transformers on the pruned model."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from lmms_prune_plugin.layers import remove_decoder_layers_
+
+    sys.path.insert(0, str(Path(TASKS) / "prune_test"))
+    import utils as task_utils
+
+    ckpt = checkpoints["qwen2_vl"]
+    margs = args_for("qwen2_vl", ckpt, criterion="math", budget=2)
+    cmd_out = tmp_path / "out"
+    arg_string = ",".join(f"{k}={v}" for k, v in margs.items())
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "pruned_vlm", "--model_args", arg_string,
+           "--tasks", "prune_test_choice", "--include_path", TASKS, "--limit", "8",
+           "--log_samples", "--output_path", str(cmd_out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    found = sorted(cmd_out.rglob("*_results.json"))
+    assert found, proc.stderr[-3000:]
+    results = json.loads(found[-1].read_text())
+    samples = [json.loads(x) for f in cmd_out.rglob("*samples_prune_test_choice*.jsonl")
+               for x in f.read_text().splitlines()]  # fmt: skip
+    assert len(samples) == 8
+    removed = results["config"]["prune_plan"]["removed"]
+
+    kw = wrapper_kwargs("qwen2_vl")
+    processor = AutoProcessor.from_pretrained(
+        ckpt, min_pixels=kw["min_pixels"], max_pixels=kw["max_pixels"]
+    )
+    model = AutoModelForImageTextToText.from_pretrained(ckpt).eval()
+    remove_decoder_layers_(model, removed)
+    docs = [
+        json.loads(x) for x in (Path(TASKS) / "prune_test" / "docs.jsonl").read_text().splitlines()
+    ]
+    choices = ["red", "green", "blue", "yellow"]
+    correct = 0
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = docs[sample["doc_id"]]
+        image = task_utils.doc_to_visual(doc)
+        chat = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": task_utils.doc_to_text(doc)},
+                ],
+            }
+        ]
+        prompt = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        base = processor(text=[prompt], images=[image], return_tensors="pt")
+        logprob = []
+        for c in choices:
+            cont = processor.tokenizer(
+                " " + c, add_special_tokens=False, return_tensors="pt"
+            ).input_ids
+            ids = torch.cat([base["input_ids"], cont], 1)
+            inputs = dict(base, input_ids=ids, attention_mask=torch.ones_like(ids))
+            if "mm_token_type_ids" in base:  # the answer tokens are text
+                inputs["mm_token_type_ids"] = torch.cat([base["mm_token_type_ids"], 0 * cont], 1)
+            with torch.no_grad():
+                out = model(**inputs).logits[0, base["input_ids"].shape[1] - 1 : -1].log_softmax(-1)
+            logprob.append(float(out.gather(1, cont[0][:, None]).sum()))
+        losses = [float(r[0]) for r in sample["filtered_resps"]]  # (loss, greedy) per choice
+        assert losses == pytest.approx([-x for x in logprob], rel=1e-4, abs=1e-4)
+        picked = max(range(4), key=lambda i: logprob[i])
+        assert min(range(4), key=lambda i: losses[i]) == picked
+        correct += picked == task_utils.doc_to_target(doc)
+    assert results["results"]["prune_test_choice"]["acc,none"] == pytest.approx(correct / 8)

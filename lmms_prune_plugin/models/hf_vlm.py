@@ -36,6 +36,9 @@ class HFVLM(lmms):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        from ..args import parse_bool
+
+        trust_remote_code = parse_bool("trust_remote_code", trust_remote_code)
         if kwargs:
             raise ValueError(f"hf_vlm: unknown model_args {sorted(kwargs)}")
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -46,11 +49,11 @@ class HFVLM(lmms):
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         self._model = AutoModelForImageTextToText.from_pretrained(
-            pretrained, dtype=dtype, revision=revision, trust_remote_code=bool(trust_remote_code),
+            pretrained, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
             device_map=device_map or str(self._device), **extra,
         ).eval()  # fmt: skip
         self.processor = AutoProcessor.from_pretrained(
-            pretrained, revision=revision, trust_remote_code=bool(trust_remote_code)
+            pretrained, revision=revision, trust_remote_code=trust_remote_code
         )
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.batch_size = int(batch_size)
@@ -83,9 +86,10 @@ class HFVLM(lmms):
 
     @staticmethod
     def _text_conversation(ctx: str, doc_to_visual, doc: dict) -> tuple[list[dict], list]:
+        from .scoring import conversation
+
         visuals = [v for v in (doc_to_visual(doc) or []) if v is not None]
-        content = [{"type": "image"} for _ in visuals] + [{"type": "text", "text": ctx}]
-        return [{"role": "user", "content": content}], visuals
+        return conversation(ctx, visuals), visuals
 
     def _encode(
         self, conversations: list[tuple[list[dict], list]], suffixes: list[str] | None = None
@@ -130,27 +134,10 @@ class HFVLM(lmms):
             tok.padding_side = side
         return out
 
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        out = []
-        for req in tqdm(requests, disable=self.rank != 0, desc="hf_vlm loglikelihood"):
-            ctx, continuation, doc_to_visual, doc_id, task, split = req.args
-            doc = self.task_dict[task][split][doc_id]
-            continuation = continuation(doc) if callable(continuation) else continuation
-            conv = self._text_conversation(ctx, doc_to_visual, doc)
-            prompt = self._encode([conv])
-            full = self._encode([conv], [continuation])
-            n_prompt = prompt["input_ids"].shape[1]
-            with torch.inference_mode():
-                logits = self._model(**full).logits[0, n_prompt - 1 : -1].float()
-            target = full["input_ids"][0, n_prompt:]
-            logprobs = torch.log_softmax(logits, dim=-1)
-            out.append(
-                (
-                    float(logprobs.gather(1, target[:, None]).sum()),
-                    bool((logits.argmax(-1) == target).all()),
-                )
-            )
-        return out
+    def loglikelihood(self, requests: list[Instance]) -> list:
+        from .scoring import loglikelihood
+
+        return loglikelihood(self._model, self.processor, self.task_dict, requests, self.rank)
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("hf_vlm does not support multi-round generation")

@@ -68,7 +68,7 @@ class PrunedVLM(lmms):
         self.calibration = CalibrationConfig.parse(
             calib_math, calib_nonmath, calib_limit, tokens, include_path, plan_cache
         )
-        trust = parse_bool("trust_remote_code", trust_remote_code)
+        self._trust = trust = parse_bool("trust_remote_code", trust_remote_code)
         strict = parse_bool("plan_strict", plan_strict)
         plan_file = PrunePlan.load(plan) if not is_none(plan) else None
         save_to = _check_save_plan(optional(save_plan))
@@ -136,7 +136,27 @@ class PrunedVLM(lmms):
         return self.base.generate_until(requests)
 
     def loglikelihood(self, requests):
-        return self.base.loglikelihood(requests)
+        """Scored here, not by the base: several lmms-eval wrappers do not implement it (Qwen)
+        or return what the multiple-choice tasks misread (see models/scoring.py)."""
+        from .scoring import loglikelihood
+
+        return loglikelihood(self.hf_model, self._processor(), self.task_dict, requests, self.rank)
+
+    def _processor(self):
+        """The base wrapper's own processor (its image settings), else the checkpoint's."""
+        from transformers import ProcessorMixin
+
+        for name in ("processor", "_processor", "_image_processor"):
+            found = getattr(self.base, name, None)
+            if isinstance(found, ProcessorMixin):
+                return found
+        if getattr(self, "_own_processor", None) is None:
+            from transformers import AutoProcessor
+
+            self._own_processor = AutoProcessor.from_pretrained(
+                self.pretrained, revision=self.revision, trust_remote_code=self._trust
+            )
+        return self._own_processor
 
     def generate_until_multi_round(self, requests):
         return self.base.generate_until_multi_round(requests)
