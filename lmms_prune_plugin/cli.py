@@ -56,6 +56,16 @@ def _load(a, **prune):
     return cls(**_pruned_vlm_args(a, **prune))
 
 
+def _out_folder(path: str) -> Path:
+    """An output folder that can be created or written, checked before any work."""
+    from .args import check_writable
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={path!r} is not allowed: it is a file; give a folder")
+    return check_writable("out", out)
+
+
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -81,7 +91,7 @@ def cmd_rank(a) -> int:
     from .plugins import get_criteria
     from .strategies import resolve_budget
 
-    out = Path(a.out)
+    out = _out_folder(a.out)
     lm = _load(a, budget=0)
     planner, n = lm.planner, lm.identity.num_layers
     k = resolve_budget(a.budget, n)
@@ -162,8 +172,9 @@ def cmd_sweep(a) -> int:
     from lmms_eval.tasks import TaskManager
 
     from .calibration import CalibrationConfig
-    from .sweep import check_tasks, plan_cells, run_sweep
+    from .sweep import check_out, check_tasks, plan_cells, run_sweep
 
+    check_out(Path(a.out))  # before loading anything: a folder, unwritable, or malformed rows
     tasks = _csv(a.tasks)
     args = _pruned_vlm_args(a)
     config = CalibrationConfig.parse(**{k: args[k] for k in CALIB_FLAGS if k in args})
@@ -226,7 +237,7 @@ def cmd_report(a) -> int:
     check_rows(rows, a.allow_mixed)
     board = leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
     per = regimes(board, converge=a.converge)
-    out = Path(a.out)
+    out = _out_folder(a.out)
     names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "by_budget.md",
              "accuracy_vs_budget.png"]  # fmt: skip
     existing = [n for n in names if (out / n).exists()]
@@ -328,9 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .demo.model import DemoModelError
+
     try:
         return args.fn(args)
-    except ValueError as err:
+    except (ValueError, DemoModelError) as err:
         print(f"lmms-prune {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .args import check_writable
 from .distributed import is_main
 from .layers import decoder_layers_removed
 from .planner import BASELINE, PruneOptions
@@ -70,8 +71,42 @@ def check_tasks(tasks: Sequence[str], task_manager) -> None:
         )
 
 
+#: Keys every sweep row has, with the types they must have.
+ROW_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,), "criterion": (str,), "strategy": (str,), "budget": (int, float),
+    "tasks": (list,), "metrics": (dict,), "removed": (list,),
+}  # fmt: skip
+
+
+def check_row(row: object) -> str | None:
+    """Why ``row`` is not a sweep row, or None."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not a JSON object"
+    for name, types in ROW_FIELDS.items():
+        if name not in row:
+            return f"no {name!r}"
+        value = row[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{name}={value!r} is not {' or '.join(t.__name__ for t in types)}"
+    if row.get("limit") is not None and (
+        isinstance(row["limit"], bool) or not isinstance(row["limit"], int | float)
+    ):
+        return f"limit={row['limit']!r} is not a number or null"
+    for task, metrics in row["metrics"].items():
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
+        ):
+            return f"metrics[{task!r}] is not a mapping of metric names to numbers"
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in row["removed"]):
+        return f"removed={row['removed']!r} is not a list of layer indices"
+    return None
+
+
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a sweep file; a malformed line is an error naming it."""
+    """Rows of a sweep file; a malformed line is an error naming the file and line."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"sweep={str(path)!r} is a folder; give a sweep JSONL file")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -80,10 +115,19 @@ def read_rows(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{n}: not a JSON line ({err.msg})") from err
-        if not isinstance(row, dict) or "criterion" not in row or "metrics" not in row:
-            raise ValueError(f"{path}:{n}: not a sweep row (needs 'criterion' and 'metrics')")
+        problem = check_row(row)
+        if problem:
+            raise ValueError(f"{path}:{n}: not a sweep row: {problem}")
         rows.append(row)
     return rows
+
+
+def check_out(out: Path) -> list[dict]:
+    """The rows already in ``out`` (a resumed sweep), after checking it can be appended to."""
+    if out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a folder; give the sweep JSONL file to write")
+    check_writable("out", out)
+    return read_rows(out) if out.exists() else []
 
 
 def task_metrics(results: dict) -> dict[str, dict[str, float]]:
@@ -121,7 +165,7 @@ def run_sweep(
     model_name = lm.pretrained
     done = {
         Cell(r["criterion"], r["strategy"], r["budget"]).key(r["model"], r["tasks"], r.get("limit"))
-        for r in (read_rows(out) if out.exists() else [])
+        for r in check_out(out)
     }
     todo = [c for c in cells if c.key(model_name, tasks, limit) not in done]
     n = lm.identity.num_layers
