@@ -6,15 +6,23 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZ
 BUDGET ?= 4
 CRITERION ?= math
 
-.PHONY: install demo study test lint bench
+.PHONY: install install-tasks demo study test lint bench
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt requirements-tasks-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,tasks]'
+	$(PY) -m pip install -q --no-deps -r requirements-tasks-nodeps.txt
 	touch $@
+
+# What lmms-eval's task code needs for the README's and the recipes' benchmarks (make install
+# includes it; this adds it to a venv made otherwise, e.g. make install-tasks VENV=~/venv).
+install-tasks:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[tasks]'
+	$(PY) -m pip install -q --no-deps -r requirements-tasks-nodeps.txt
 
 # The main job: prune the packaged demo VLM (criterion=math, 4 of 12 layers) at load time and
 # evaluate it on the offline demo benchmarks; prints the plan and lmms-eval's results table.
