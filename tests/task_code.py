@@ -91,7 +91,11 @@ def _command_tasks(argv: list[str], program: str) -> list[str]:
         if not argv or argv[0] not in {"rank", "export", "sweep"}:
             return []  # report reads a sweep file; nothing is loaded
         args, _ = build_parser().parse_known_args(argv)
-        names = [_calib_task(args.calib_math), _calib_task(args.calib_nonmath)]
+        from lmms_prune_plugin.calibration import DEFAULT_SETS
+
+        # A flag not given means pruned_vlm's default set for that domain.
+        names = [_calib_task(args.calib_math or DEFAULT_SETS["math"]),
+                 _calib_task(args.calib_nonmath or DEFAULT_SETS["nonmath"])]  # fmt: skip
         names += _split_names(getattr(args, "tasks", "") or "")
         return [n for n in names if n]
     opts: dict[str, str] = {}
