@@ -22,7 +22,7 @@ class ForwardCounter:
     """Counts prefill forwards of the text decoder (a hook on its owner module)."""
 
     def __init__(self, model) -> None:
-        from lmms_prune_plugin.layers import find_decoder_layers
+        from .package import find_decoder_layers
 
         self.count = 0
         owner = find_decoder_layers(model).owner
@@ -40,8 +40,7 @@ class ForwardCounter:
 
 
 def _needs(criterion: str, sets) -> tuple[str, ...]:
-    from lmms_prune_plugin.calibration import domains_for
-    from lmms_prune_plugin.plugins import get_criterion
+    from .package import domains_for, get_criterion
 
     return domains_for(get_criterion(criterion).domains, sets)
 
@@ -55,11 +54,15 @@ def run(
 ) -> dict[str, Any]:
     import lmms_eval.models
 
-    from lmms_prune_plugin.pipeline import PruneOptions, make_plan
-    from lmms_prune_plugin.plan import ModelIdentity
-    from lmms_prune_plugin.plugins import get_criterion
-    from lmms_prune_plugin.strategies import resolve_budget
-    from lmms_prune_plugin.tiny import save_tiny_vlm, wrapper_kwargs
+    from .package import (
+        ModelIdentity,
+        PruneOptions,
+        get_criterion,
+        make_plan,
+        resolve_budget,
+        save_tiny_vlm,
+        wrapper_kwargs,
+    )
 
     sets = SETS
     with tempfile.TemporaryDirectory() as tmp:

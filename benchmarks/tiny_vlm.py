@@ -26,8 +26,7 @@ def calibrator(wrapper, checkpoint: Path, limit: int, cache=None):
     lmms-eval's default ``TaskManager`` indexes every task it ships (seconds of CPU); all the
     tasks here live under the include paths, so the calibrator gets one that indexes only those.
     """
-    from lmms_prune_plugin.cache import weights_fingerprint
-    from lmms_prune_plugin.calibration import Calibrator
+    from .package import Calibrator, weights_fingerprint
 
     key = weights_fingerprint(str(checkpoint))
     cal = Calibrator(wrapper, wrapper.model, SETS, limit, "all", str(TEST_TASKS), cache, key)
