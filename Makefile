@@ -6,7 +6,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZ
 BUDGET ?= 4
 CRITERION ?= math
 
-.PHONY: install install-tasks demo study test lint bench
+.PHONY: install install-tasks demo study test lint bench bench-quick
 
 install: $(VENV)/.installed
 
@@ -42,5 +42,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# The README's benchmark figures (full mode, about 7 minutes on 2 cores).
 bench: install
 	$(OFFLINE) $(PY) -m benchmarks.run
+
+# A developer's check of a change: the same parts on tiny models, in well under a minute.
+bench-quick: install
+	$(OFFLINE) $(PY) -m benchmarks.run --quick --out out/bench-quick

@@ -6,6 +6,7 @@ import gc
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -42,12 +43,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def on_hypervisor() -> bool:
+    """Whether the CPU says it runs under a hypervisor (the ``hypervisor`` cpuinfo flag)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " hypervisor" in line for line in f)
+    except OSError:
+        return False
+
+
 def machine_info() -> dict[str, Any]:
     import torch
     import transformers
 
     return {
         "cpu": cpu_model(),
+        "virtual_machine": on_hypervisor(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -66,11 +77,17 @@ def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
 
-def reps_for(round_s: float, budget_s: float, low: int, high: int) -> int:
-    """Repetitions that fit ``budget_s`` given one round's cost, clamped to [low, high]."""
-    if round_s <= 0:
-        return high
-    return max(low, min(high, int(budget_s // round_s)))
+def steal_seconds() -> float:
+    """CPU time the hypervisor has taken from this virtual machine since boot (all CPUs).
+
+    The ``steal`` column of ``/proc/stat``; 0 where the kernel does not report it.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        return 0.0
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -79,48 +96,145 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def timed2(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """Wall seconds and process CPU seconds (every thread) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+CLOCKS = ("cpu", "wall")
+
+
+@dataclass(frozen=True)
+class Adaptive:
+    """How many interleaved rounds to run: at least ``min_rounds``; then stop as soon as every
+    compared ratio's interval is within +-``rel_half_width``, or before a round would end past
+    ``cap_s`` seconds, or at ``max_rounds``."""
+
+    min_rounds: int
+    max_rounds: int
+    cap_s: float
+    rel_half_width: float = 0.02
+    warmup: int = 1
+
+
+@dataclass
+class Timings:
+    """Per-variant wall and CPU seconds from interleaved rounds, and why the rounds stopped."""
+
+    wall: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    rounds: int = 0
+    seconds: float = 0.0
+    stopped: str = ""
+    steal_s: float = 0.0
+
+    def of(self, clock: str) -> dict[str, list[float]]:
+        return self.cpu if clock == "cpu" else self.wall
+
+    def ratio(self, num: str, den: str, clock: str = "cpu") -> dict[str, Any]:
+        """Median of the per-round ratios num/den with its bootstrap interval."""
+        from .stats import ratio_estimate
+
+        t = self.of(clock)
+        n = min(len(t[num]), len(t[den]))
+        return ratio_estimate(t[num][:n], t[den][:n])
+
+    def ratios(self, num: str, den: str) -> dict[str, dict[str, Any]]:
+        """``{"cpu": estimate, "wall": estimate}`` of num/den."""
+        return {c: self.ratio(num, den, c) for c in CLOCKS}
+
+    def summary(self) -> dict[str, Any]:
+        """Median, min and max seconds per variant and clock, and the run's bookkeeping."""
+        return {
+            "variants": {
+                n: {
+                    c: {
+                        "median_s": median(self.of(c)[n]),
+                        "min_s": min(self.of(c)[n]),
+                        "max_s": max(self.of(c)[n]),
+                    }
+                    for c in CLOCKS
+                }
+                | {"n": len(self.wall[n])}
+                for n in self.wall
+            },
+            "rounds": self.rounds,
+            "seconds": self.seconds,
+            "stopped": self.stopped,
+            "steal_s": self.steal_s,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall_s": self.wall, "cpu_s": self.cpu} | self.summary()
+
+
 def interleaved(
     variants: Mapping[str, Callable[[], Any]],
-    reps: int,
+    pairs: Sequence[tuple[str, str]],
+    plan: Adaptive,
+    clock: str = "cpu",
+    extra: Sequence[str] = (),
     bar: tqdm | None = None,
-) -> dict[str, list[float]]:
-    """Time every variant ``reps`` times, alternating between them.
+    seed: int = 0,
+) -> Timings:
+    """Time the variants in interleaved rounds until ``plan`` says the ratios are known.
 
-    The order rotates each round so no variant always runs right after a particular other one
-    (caches, CPU frequency and background load then affect every variant alike). Garbage is
-    collected outside the timed region.
+    Every round runs each variant once, in an order shuffled afresh each round (seeded, so a run
+    is repeatable): no variant always runs right after a particular other one. A merely rotated
+    order keeps each variant's predecessor (in a cyclic order A, B, C, B always follows A), and
+    a variant that runs after one sharing its weights finds them in the CPU caches. ``plan.warmup`` untimed rounds come first (first calls pay one-time set-up and, on a
+    virtual machine, the host mapping in fresh memory). Garbage is collected outside the timed
+    region. ``pairs`` are the (numerator, denominator) ratios whose intervals, on ``clock``,
+    decide when to stop; ``extra`` variants are timed in the first ``min_rounds`` rounds only.
     """
+    from .stats import precise_enough
+
     names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(seed)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    out = Timings(wall, cpu)
     # With torch, transformers and lmms-eval loaded a full collection walks millions of objects
     # (a third of a second here); frozen, the per-call collections only see new objects.
     gc.collect()
     gc.freeze()
+    steal0 = steal_seconds()
     try:
-        for r in range(reps):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
+        for _ in range(plan.warmup):
+            for name in names:
                 gc.collect()
-                seconds, _ = timed(variants[name])
-                times[name].append(seconds)
-                if bar is not None:
-                    bar.update(1)
+                variants[name]()
+        start = time.perf_counter()
+        for r in range(plan.max_rounds):
+            round_start = time.perf_counter()
+            order = [n for n in names if r < plan.min_rounds or n not in extra]
+            rng.shuffle(order)
+            for name in order:
+                gc.collect()
+                w, c, _ = timed2(variants[name])
+                wall[name].append(w)
+                cpu[name].append(c)
+            out.rounds = r + 1
+            if bar is not None:
+                bar.update(1)
+            now = time.perf_counter()
+            if out.rounds < plan.min_rounds:
+                continue
+            if precise_enough([out.ratio(a, b, clock) for a, b in pairs], plan.rel_half_width):
+                out.stopped = "precision"
+                break
+            if now + (now - round_start) - start > plan.cap_s:
+                out.stopped = "time cap"
+                break
+        else:
+            out.stopped = "max rounds"
+        out.seconds = time.perf_counter() - start
     finally:
         gc.unfreeze()
-    return times
-
-
-def summarize(times: Mapping[str, list[float]]) -> dict[str, dict[str, float]]:
-    """Median, min and max seconds per variant."""
-    return {
-        n: {"median_s": median(t), "min_s": min(t), "max_s": max(t), "n": len(t)}
-        for n, t in times.items()
-    }
-
-
-def paired_ratios(times: Mapping[str, list[float]], num: str, den: str) -> list[float]:
-    """Per-round ratios: both variants of a round ran back to back under the same conditions."""
-    return [a / b for a, b in zip(times[num], times[den])]
+    out.steal_s = steal_seconds() - steal0
+    return out
 
 
 # --------------------------------------------------------------------------- decoders

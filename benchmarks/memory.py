@@ -113,10 +113,9 @@ def _measure(model, job: dict[str, Any]) -> dict[str, Any]:
     """Runs in the forked child: one variant's forward at one sequence length."""
     import torch
 
-    from lmms_prune_plugin.layers import remove_decoder_layers_
-
     from .calibration_cost import VARIANTS
     from .common import DecoderSpec, token_ids
+    from .package import remove_decoder_layers_
 
     torch.set_num_threads(int(job["threads"]))
     spec = DecoderSpec(**job["spec"])
@@ -179,10 +178,9 @@ def serve() -> None:
     """Helper-process loop: one JSON job per stdin line, one JSON result per stdout line."""
     import torch
 
-    from lmms_prune_plugin.layers import find_decoder_layers
-
     from . import calibration_cost  # noqa: F401  (imported once here, not in every child)
     from .common import DecoderSpec, build_decoder
+    from .package import find_decoder_layers
 
     torch.set_num_threads(1)  # no OpenMP pool before fork: the children start their own
     models: dict[str, Any] = {}

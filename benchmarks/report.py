@@ -26,16 +26,91 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
-def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The targets of every part that ran: what was asked, what was measured, met or not."""
+def ci(est: dict[str, Any] | None, digits: int = 3, unit: str = "x", pct: bool = False) -> str:
+    """``1.020x [1.010, 1.031]``: the estimate and its 95% interval (``pct``: in percent)."""
+    if not est:
+        return "-"
+    if pct:
+        return f"{100 * est['value']:.0f}% [{100 * est['lo']:.0f}, {100 * est['hi']:.0f}]"
+    return f"{_f(est['value'], digits)}{unit} [{_f(est['lo'], digits)}, {_f(est['hi'], digits)}]"
+
+
+def _verdict(v: str) -> str:
+    return {"met": "met", "missed": "**missed**", "inconclusive": "*inconclusive*"}.get(v, v)
+
+
+def ratio_list(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every timed ratio of a run with both clocks' estimates, keyed for comparing runs.
+
+    ``limit``/``at_most`` are set where the ratio is judged against a target.
+    """
     out = []
     cal = res.get("calibration_cost")
     if cal:
+        for r in cal["rows"]:
+            s = r["seq_len"]
+            out.append(
+                {
+                    "key": f"capture / plain, seq {s}",
+                    "est": r["ratio_capture"],
+                    "limit": cal["target"]["capture_time_ratio_max"],
+                    "at_most": True,
+                }
+            )
+            out.append({"key": f"hidden states / plain, seq {s}", "est": r["ratio_hidden_states"]})
+    pr = res.get("pruning_speedup")
+    if pr:
+        lim = pr["target"]["min_ratio_to_ideal_decoder"]
+        for phase in ("prefill", "decode"):
+            for r in pr[phase]["rows"]:
+                if r["k"]:
+                    out.append(
+                        {
+                            "key": f"{phase} speed-up / ideal, k = {r['k']}",
+                            "est": r["ratio_to_ideal_decoder"],
+                            "limit": lim,
+                            "at_most": False,
+                            "pct": True,
+                        }
+                    )
+        out.append(
+            {"key": "decode A/A control (k = 0 copy / k = 0)", "est": pr["decode"]["aa_control"]}
+        )
+    pc = res.get("plan_cache")
+    if pc:
         out.append(
             {
-                "target": "capture time <= 1.10x hook-free forward (worst length)",
-                "value": _x(cal["target"]["worst_capture_ratio"]),
-                "met": cal["target"]["met"],
+                "key": "cached pruned_vlm load / plain load",
+                "est": pc["ratio"],
+                "limit": pc["target"]["max_ratio"],
+                "at_most": True,
+            }
+        )
+    return out
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of every part that ran: what was asked, what was measured, and the verdict.
+
+    Timed targets carry ``verdict`` on their own clock (``clock``) and ``wall_verdict``; a
+    verdict is ``met`` only when every interval is on the right side of the limit.
+    """
+    out = []
+    cal = res.get("calibration_cost")
+    if cal:
+        t = cal["target"]
+        out.append(
+            {
+                "target": f"capture time <= {t['capture_time_ratio_max']:.2f}x hook-free forward (every length)",
+                "clock": t["clock"],
+                "value": "; ".join(
+                    f"{r['seq_len']}: {ci(r['ratio_capture'][t['clock']])}" for r in cal["rows"]
+                ),
+                "wall_value": "; ".join(
+                    f"{r['seq_len']}: {ci(r['ratio_capture']['wall'])}" for r in cal["rows"]
+                ),
+                "verdict": t["verdict"][t["clock"]],
+                "wall_verdict": t["verdict"]["wall"],
             }
         )
         c = cal["correctness"]
@@ -43,7 +118,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "target": f"capture similarity = hidden-states reference, layers 0..L-2 (tol {c['tolerance']:g})",
                 "value": f"max diff {c['max_abs_diff']:.1e}",
-                "met": c["ok"],
+                "verdict": "met" if c["ok"] else "missed",
             }
         )
         grows = cal.get("capture_memory_flat")
@@ -52,33 +127,43 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "target": "capture extra memory does not grow with seq x layers",
                     "value": grows["value"],
-                    "met": grows["met"],
+                    "verdict": "met" if grows["met"] else "missed",
                 }
             )
     pr = res.get("pruning_speedup")
     if pr:
         t = pr["target"]
-        out.append(
-            {
-                "target": "prefill speed-up >= 90% of ideal L/(L-k) (worst k)",
-                "value": f"{100 * t['worst_prefill']:.0f}%",
-                "met": t["met_prefill"],
-            }
-        )
-        out.append(
-            {
-                "target": "decode speed-up >= 90% of ideal L/(L-k) (worst k)",
-                "value": f"{100 * t['worst_decode']:.0f}%",
-                "met": t["met_decode"],
-            }
-        )
+        lim = int(round(100 * t["min_ratio_to_ideal_decoder"]))
+        for phase in ("prefill", "decode"):
+
+            def value(clock: str, phase: str = phase) -> str:
+                return "; ".join(
+                    f"k={r['k']}: {ci(r['ratio_to_ideal_decoder'][clock], pct=True)}"
+                    for r in pr[phase]["rows"]
+                    if r["k"]
+                )
+
+            out.append(
+                {
+                    "target": f"{phase} speed-up >= {lim}% of ideal L/(L-k) (every k)",
+                    "clock": t["clock"],
+                    "value": value(t["clock"]),
+                    "wall_value": value("wall"),
+                    "verdict": t[phase][t["clock"]]["verdict"],
+                    "wall_verdict": t[phase]["wall"]["verdict"],
+                }
+            )
     pc = res.get("plan_cache")
     if pc:
+        t = pc["target"]
         out.append(
             {
-                "target": "cached pruned_vlm load <= 1.02x plain wrapper load",
-                "value": _x(pc["ratio"]),
-                "met": pc["target"]["met"],
+                "target": f"cached pruned_vlm load <= {t['max_ratio']:.2f}x plain wrapper load",
+                "clock": t["clock"],
+                "value": ci(pc["ratio"][t["clock"]]),
+                "wall_value": ci(pc["ratio"]["wall"]),
+                "verdict": t["verdict"][t["clock"]],
+                "wall_verdict": t["verdict"]["wall"],
             }
         )
     sw = res.get("sweep")
@@ -87,10 +172,43 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "target": "sweep: exactly one calibration pass per domain",
                 "value": f"{sw['sweep']['calibrator_forwards']} forwards for {sw['target']['forwards']} samples",
-                "met": sw["target"]["met"],
+                "verdict": "met" if sw["target"]["met"] else "missed",
             }
         )
     return out
+
+
+def targets_table(res: dict[str, Any]) -> list[str]:
+    """The targets as a Markdown table: CPU-time and wall-time estimates with 95% intervals."""
+    rows = [
+        [
+            t["target"],
+            t.get("clock", "-"),
+            t["value"],
+            _verdict(t["verdict"]),
+            t.get("wall_value", "-"),
+            _verdict(t["wall_verdict"]) if "wall_verdict" in t else "-",
+        ]
+        for t in res["targets"]
+    ]
+    return _table(
+        [
+            "target",
+            "judged on",
+            "measured (median of per-round ratios [95% interval])",
+            "verdict",
+            "wall time [95% interval]",
+            "verdict on wall time",
+        ],
+        rows,
+    )
+
+
+def _timing(t: dict[str, Any]) -> str:
+    return (
+        f"{t['rounds']} rounds, stopped by {t['stopped']} after {t['seconds']:.0f} s"
+        f" (host steal {t['steal_s']:.1f} s)"
+    )
 
 
 def _calibration(cal: dict[str, Any]) -> list[str]:
@@ -108,16 +226,17 @@ def _calibration(cal: dict[str, Any]) -> list[str]:
     ]
     rows = []
     for r in cal["rows"]:
+        v = r["time"]["variants"]
         rows.append(
             [
                 str(r["seq_len"]),
-                str(r["reps"]),
-                _f(r["time"]["plain"]["median_s"], 3),
-                _x(r["ratio_capture"]),
-                _x(r["ratio_hidden_states"]),
+                str(r["time"]["rounds"]),
+                _f(v["plain"]["cpu"]["median_s"], 3),
+                _f(v["plain"]["wall"]["median_s"], 3),
+                ci(r["ratio_capture"]["cpu"]),
+                ci(r["ratio_capture"]["wall"]),
+                ci(r["ratio_hidden_states"]["cpu"]),
                 _f(r["peak_mb"]["plain"], 1),
-                _f(r["peak_mb"]["capture"], 1),
-                _f(r["peak_mb"]["hidden_states"], 1),
                 _f(r["extra_mb"]["capture"], 1),
                 _f(r["extra_mb"]["hidden_states"], 1),
                 _f(r["expected_hidden_states_mb"], 1),
@@ -126,19 +245,26 @@ def _calibration(cal: dict[str, Any]) -> list[str]:
     lines += _table(
         [
             "seq len",
-            "reps",
-            "plain (s)",
-            "capture / plain",
-            "hidden states / plain",
+            "rounds",
+            "plain CPU (s)",
+            "plain wall (s)",
+            "capture / plain, CPU",
+            "capture / plain, wall",
+            "hidden states / plain, CPU",
             "peak plain (MB)",
-            "peak capture (MB)",
-            "peak hidden states (MB)",
             "extra capture (MB)",
             "extra hidden states (MB)",
             "kept states L x seq x hidden x 4 B (MB)",
         ],
         rows,
     )
+    lines += [
+        "Rounds per length: "
+        + "; ".join(f"seq {r['seq_len']}: {_timing(r['time'])}" for r in cal["rows"])
+        + ". *hidden states* is timed in the first rounds only (it decides no target). "
+        "CPU seconds are process CPU time of both threads.",
+        "",
+    ]
     d = cal.get("depth_check")
     if d:
         (h, f) = d["layers"]
@@ -176,9 +302,10 @@ def _pruning(pr: dict[str, Any]) -> list[str]:
         f"Random `{m['class']}`: {L} layers, hidden {m['hidden_size']}, intermediate {m['intermediate_size']}, "
         f"vocab {m['vocab_size']}, float32; k layers removed with `remove_decoder_layers_` "
         f"(removed: {', '.join(f'k={k}: {v}' for k, v in pr['removed'].items() if v)}). "
+        f"Every variant shares the same weight tensors. "
         f"Prefill: one forward over {pre['seq_len']} tokens building the KV cache, logits of the last "
-        f"position only ({pre['reps']} reps). Decode: `generate` of exactly {dec['new_tokens']} tokens "
-        f"after a {dec['prompt_len']}-token prompt, per token ({dec['reps']} reps). "
+        f"position only. Decode: `generate` of exactly {dec['new_tokens']} tokens "
+        f"(`min_new_tokens` = `max_new_tokens`, no EOS) after a {dec['prompt_len']}-token prompt, per token. "
         "Ideal (decoder) = L/(L-k); ideal (model) also counts the parts pruning cannot shrink "
         "(embedding, final norm, lm_head), timed on their own.",
         "",
@@ -192,35 +319,46 @@ def _pruning(pr: dict[str, Any]) -> list[str]:
                 str(r["k"]),
                 str(r["kept"]),
                 _f(r["seconds"] * scale, 3),
-                _x(r["speedup"], 2),
+                _f(r["wall_seconds"] * scale, 3),
+                ci(r["speedup"]["cpu"], 2),
                 _x(r["ideal_decoder"], 2),
-                f"{100 * r['ratio_to_ideal_decoder']:.0f}%",
+                ci(r["ratio_to_ideal_decoder"]["cpu"], pct=True),
+                ci(r["ratio_to_ideal_decoder"]["wall"], pct=True),
                 _x(r["ideal_model"], 2),
-                f"{100 * r['ratio_to_ideal_model']:.0f}%",
+                ci(r["ratio_to_ideal_model"]["cpu"], pct=True),
             ]
             for r in phase["rows"]
         ]
-        lines += [f"{name}:", ""]
+        lines += [f"{name} ({_timing(phase['time'])}):", ""]
         lines += _table(
             [
                 "k removed",
                 "layers",
-                f"time ({unit})",
-                "speed-up",
+                f"CPU ({unit})",
+                f"wall ({unit})",
+                "speed-up, CPU",
                 "ideal (decoder)",
-                "of ideal (decoder)",
+                "of ideal (decoder), CPU",
+                "of ideal (decoder), wall",
                 "ideal (model)",
-                "of ideal (model)",
+                "of ideal (model), CPU",
             ],
             rows,
         )
         fx = phase["fixed"]
         lines += [
             f"{name} fixed part (embedding + norm + lm_head): {_f(fx['fixed_s'] * scale, 3)} {unit} of "
-            f"{_f(fx['t0_s'] * scale, 3)}; a linear fit t = a + b x layers gives a = {_f(fx['fit_intercept_s'] * scale, 3)}, "
+            f"{_f(fx['t0_s'] * scale, 3)} (CPU); a linear fit t = a + b x layers gives a = {_f(fx['fit_intercept_s'] * scale, 3)}, "
             f"b = {_f(fx['fit_per_layer_s'] * scale, 3)} {unit} per layer.",
             "",
         ]
+    aa = dec["aa_control"]
+    lines += [
+        f"Decode A/A control (a second unpruned view of the same weights / k = 0, timed in the same "
+        f"rounds; 1 by construction): CPU {ci(aa['cpu'])}, wall {ci(aa['wall'])}. Tokens generated "
+        f"per call, every variant and round: {sorted({n for v in dec['tokens_generated'].values() for n in v})}.",
+        "",
+    ]
     return lines
 
 
@@ -233,22 +371,30 @@ def _plan_cache(pc: dict[str, Any]) -> list[str]:
         f"Checkpoint: random `{ck['arch']}` with {ck['num_layers']} text layers, hidden {ck['hidden_size']} "
         f"({ck['safetensors_mb']:.0f} MB of safetensors). *plain*: `lmms_eval.models.get_model('{ck['arch']}')(pretrained=...)`; "
         "*cached*: `PrunedVLM(pretrained=..., criterion='math', budget=2, <calibration args>)` with its plan "
-        f"already in `LMMS_PRUNE_CACHE` (removes {pc['removed']}). {pc['reps']} interleaved reps after one warm-up each. "
+        f"already in `LMMS_PRUNE_CACHE` (removes {pc['removed']}). Interleaved rounds after one warm-up round. "
         f"Set-up: calibration statistics cached first, then one load that made and stored the plan "
         f"({_f(pc['plan_fill_s'], 2)} s, {pc['plan_fill_calibration_forwards']} calibration forwards).",
         "",
     ]
+    v = t["variants"]
     lines += _table(
-        ["variant", "median (s)", "min (s)", "max (s)"],
+        ["variant", "CPU median (s)", "wall median (s)", "wall min (s)", "wall max (s)"],
         [
-            [n, _f(t[n]["median_s"], 3), _f(t[n]["min_s"], 3), _f(t[n]["max_s"], 3)]
+            [
+                n,
+                _f(v[n]["cpu"]["median_s"], 3),
+                _f(v[n]["wall"]["median_s"], 3),
+                _f(v[n]["wall"]["min_s"], 3),
+                _f(v[n]["wall"]["max_s"], 3),
+            ]
             for n in ("plain", "cached")
         ],
     )
     prof = pc["profile"]
     lines += [
-        f"cached / plain = {_x(pc['ratio'])} (median of per-round ratios {_x(pc['paired_ratio'])}); "
-        f"extra {_f(pc['extra_ms'], 1)} ms; calibration forwards on cached loads: {pc['cached_calibration_forwards']}; "
+        f"cached / plain: CPU {ci(pc['ratio']['cpu'])}, wall {ci(pc['ratio']['wall'])} "
+        f"({_timing(t)}); extra {_f(pc['extra_ms']['cpu'], 1)} ms CPU, {_f(pc['extra_ms']['wall'], 1)} ms wall "
+        f"(difference of medians); calibration forwards on cached loads: {pc['cached_calibration_forwards']}; "
         f"lmms-eval TaskManager built on the cached path: {'yes' if prof['task_manager_built'] else 'no'}.",
         "",
         "Where the cached path spends its time (cProfile, ms per construction, cumulative; profiling inflates Python-heavy code):",
@@ -274,8 +420,8 @@ def _sweep(sw: dict[str, Any]) -> list[str]:
         "",
         f"{len(sw['criteria'])} criteria ({', '.join(sw['criteria'])}) x {len(sw['budgets'])} budgets "
         f"({', '.join(map(str, sw['budgets']))}) = {sw['cells']} cells on a {sw['model']['num_layers']}-layer "
-        f"`{sw['model']['arch']}`; calibration samples per domain: {sw['samples_per_domain']}. One `Calibrator`, "
-        f"one `statistics(domains={tuple(s['domains'])}, block_sizes={tuple(s['block_sizes'])})`, then `make_plan` per cell "
+        f"`{sw['model']['arch']}`; calibration samples per domain: {sw['samples_per_domain']}. One `Planner`, "
+        f"one `plans(...)` call for every cell (domains {tuple(s['domains'])}, block sizes {tuple(s['block_sizes'])}) "
         f"({s['distinct_removals']} distinct removals among {s['plans']} plans). Forwards counted by the calibrator and by a "
         "hook on the text model.",
         "",
@@ -291,7 +437,7 @@ def _sweep(sw: dict[str, Any]) -> list[str]:
         o = sw["one_by_one"]
         rows.append(
             [
-                "cells one by one, same calibrator (each asks only for its own block size)",
+                "cells one by one, one planner (each asks only for its own plan)",
                 str(o["calibrator_forwards"]),
                 str(o["hooked_forwards"]),
             ]
@@ -309,20 +455,27 @@ def render(res: dict[str, Any]) -> str:
     lines = [
         "# lmms-prune benchmarks",
         "",
-        f"- Date: {res['date']}; mode: {res['mode']}; wall time {res['wall_s']:.0f} s",
-        f"- Machine: {m['cpu']}, {m['cores']} cores (torch threads: {m['torch_threads']}); torch {m['torch']}, "
-        f"transformers {m['transformers']}, Python {m['python']}",
-        "- Method: every comparison runs in one process, variants interleaved (order rotated each round) "
-        "after a warm-up; times are medians. Absolute times depend on the machine and its load, so "
-        "read the ratios.",
+        f"- Date: {res['date']}; mode: {res['mode']}; wall time {res['wall_s']:.0f} s, "
+        f"process CPU time {res.get('cpu_s', 0):.0f} s, CPU time stolen by the host {res.get('steal_s', 0):.1f} s",
+        f"- Machine: {m['cpu']}, {m['cores']} cores{' (virtual machine)' if m.get('virtual_machine') else ''}, "
+        f"torch threads fixed at {m['torch_threads']}; torch {m['torch']}, "
+        f"transformers {m['transformers']}, Python {m['python']}; load average at start "
+        + ", ".join(f"{x:.2f}" for x in m.get("loadavg_at_start", []))
+        + "",
+        "- Method: each comparison runs in one process; variants are interleaved in rounds (order "
+        "shuffled every round, seeded) after a warm-up round, and each round's ratio is taken between two "
+        "calls seconds apart. A ratio is the median of the per-round ratios, with a 95% percentile "
+        "bootstrap interval (2000 resamples of the rounds, seeded). Rounds continue until every "
+        "interval a part decides on is within +-2% (+-1% for the load) or the part's time cap is "
+        "reached. Each call is timed twice: process CPU time (every thread; not counting time "
+        "the host steals) and wall time. A target is *met* only when its whole interval is on the "
+        "right side of the limit, *missed* when it is wholly on the wrong side, and otherwise "
+        "*inconclusive*; `judged on` says which clock decides (see benchmarks/README.md).",
         "",
         "## Targets",
         "",
     ]
-    lines += _table(
-        ["target", "measured", "met"],
-        [[t["target"], t["value"], _yes(t["met"])] for t in res["targets"]],
-    )
+    lines += targets_table(res)
     for key, fn in (
         ("calibration_cost", _calibration),
         ("pruning_speedup", _pruning),

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run            # full run, about 6-9 minutes on 2 cores
+    python -m benchmarks.run            # full run, about 7 minutes on 2 cores
     python -m benchmarks.run --quick    # tiny models, about half a minute
     python -m benchmarks.run --only calibration_cost pruning_speedup --out /tmp/bench
 """
@@ -27,7 +27,7 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-from .common import DecoderSpec, log, machine_info  # noqa: E402
+from .common import Adaptive, DecoderSpec, log, machine_info, steal_seconds  # noqa: E402
 
 SECTIONS = ("calibration_cost", "pruning_speedup", "plan_cache", "sweep")
 CRITERIA = ("math", "nonmath", "mixed", "mixed_rank", "shortgpt", "angular", "last", "random")
@@ -36,24 +36,23 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Config:
-    """Sizes and repetition limits of every part. ``budget_s`` values steer repetitions."""
+    """Sizes and repetition plans of every part (see :class:`benchmarks.common.Adaptive`)."""
 
     mode: str
     calib_spec: DecoderSpec
     calib_seq_lens: tuple[int, ...]
-    calib_budget_s: float
-    calib_reps: tuple[int, int]
+    calib_plan: Adaptive
     calib_depth_check: bool
     prune_spec: DecoderSpec
     prune_ks: tuple[int, ...]
     prune_seq_len: int
     prune_new_tokens: int
-    prune_budget_s: float
-    prune_reps: tuple[int, int]
+    prefill_plan: Adaptive
+    decode_plan: Adaptive
     cache_layers: int
     cache_hidden: int
     cache_calib_limit: int
-    cache_reps: int
+    cache_plan: Adaptive
     cache_profile_n: int
     cache_time_task_manager: bool
     sweep_criteria: tuple[str, ...] = CRITERIA
@@ -62,14 +61,16 @@ class Config:
     sweep_calib_limit: int = 8
 
 
+# The full run: about 7 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
+# part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
+# target is 1.02).
 FULL = Config(
     mode="full",
     calib_spec=DecoderSpec(
         hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4, num_layers=8
     ),
     calib_seq_lens=(256, 1024, 2048, 4096),
-    calib_budget_s=100.0,
-    calib_reps=(3, 9),
+    calib_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=120.0),
     calib_depth_check=True,
     prune_spec=DecoderSpec(
         hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4, num_layers=12
@@ -77,47 +78,41 @@ FULL = Config(
     prune_ks=(2, 4, 6, 8),
     prune_seq_len=1024,
     prune_new_tokens=32,
-    prune_budget_s=60.0,
-    prune_reps=(3, 9),
+    prefill_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=50.0),
+    decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=80.0),
     cache_layers=48,
     cache_hidden=1024,
     cache_calib_limit=2,
-    cache_reps=7,
+    cache_plan=Adaptive(min_rounds=8, max_rounds=60, cap_s=45.0, rel_half_width=0.01),
     cache_profile_n=3,
     cache_time_task_manager=True,
 )
 
+_TINY = DecoderSpec(
+    hidden_size=256,
+    intermediate_size=704,
+    num_heads=4,
+    num_kv_heads=2,
+    num_layers=4,
+    vocab_size=1000,
+)
+# A developer's check of a change: same code paths, tiny models, a few rounds (well under 1 min).
 QUICK = Config(
     mode="quick",
-    calib_spec=DecoderSpec(
-        hidden_size=256,
-        intermediate_size=704,
-        num_heads=4,
-        num_kv_heads=2,
-        num_layers=4,
-        vocab_size=1000,
-    ),
+    calib_spec=_TINY,
     calib_seq_lens=(64, 256, 1024),
-    calib_budget_s=3.0,
-    calib_reps=(3, 3),
+    calib_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=6.0),
     calib_depth_check=False,
-    prune_spec=DecoderSpec(
-        hidden_size=256,
-        intermediate_size=704,
-        num_heads=4,
-        num_kv_heads=2,
-        num_layers=4,
-        vocab_size=1000,
-    ),
+    prune_spec=_TINY,
     prune_ks=(2,),
     prune_seq_len=128,
     prune_new_tokens=8,
-    prune_budget_s=2.0,
-    prune_reps=(3, 3),
+    prefill_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=2.0),
+    decode_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=3.0),
     cache_layers=4,
     cache_hidden=64,
     cache_calib_limit=2,
-    cache_reps=3,
+    cache_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=4.0, rel_half_width=0.01),
     cache_profile_n=1,
     cache_time_task_manager=False,
     sweep_calib_limit=2,
@@ -132,6 +127,7 @@ def run_sections(cfg: Config, sections: tuple[str, ...], probe=None) -> dict[str
     """
     out: dict[str, Any] = dict.fromkeys(SECTIONS)
     seconds: dict[str, float] = {}
+    steal: dict[str, float] = {}
     if "calibration_cost" in sections and probe is None:
         from .memory import MemoryProbe
 
@@ -143,13 +139,15 @@ def run_sections(cfg: Config, sections: tuple[str, ...], probe=None) -> dict[str
             if name not in sections:
                 continue
             log(f"== {name}")
-            start = time.perf_counter()
+            start, stolen = time.perf_counter(), steal_seconds()
             out[name] = _run_section(name, cfg, probe)
             seconds[name] = time.perf_counter() - start
+            steal[name] = steal_seconds() - stolen
     finally:
         if probe is not None:
             probe.close()
     out["section_s"] = seconds
+    out["section_steal_s"] = steal
     return out
 
 
@@ -157,12 +155,12 @@ def _preload(sections: tuple[str, ...]) -> None:
     """Import the heavy modules up front (while the memory helper starts up in parallel)."""
     import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
-    import lmms_prune_plugin.capture  # noqa: F401
+    from .package import LayerCapture  # noqa: F401
 
     if "plan_cache" in sections or "sweep" in sections:
         import lmms_eval.models  # noqa: F401
 
-        import lmms_prune_plugin.models.pruned_vlm  # noqa: F401
+        from .package import PrunedVLM  # noqa: F401
 
 
 def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
@@ -172,8 +170,7 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
         return calibration_cost.run(
             cfg.calib_spec,
             cfg.calib_seq_lens,
-            cfg.calib_budget_s,
-            *cfg.calib_reps,
+            cfg.calib_plan,
             depth_check=cfg.calib_depth_check,
             probe=probe,
         )
@@ -185,8 +182,8 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
             cfg.prune_ks,
             cfg.prune_seq_len,
             cfg.prune_new_tokens,
-            cfg.prune_budget_s,
-            *cfg.prune_reps,
+            cfg.prefill_plan,
+            cfg.decode_plan,
         )
     if name == "plan_cache":
         from . import plan_cache
@@ -195,7 +192,7 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
             cfg.cache_layers,
             cfg.cache_hidden,
             cfg.cache_calib_limit,
-            cfg.cache_reps,
+            cfg.cache_plan,
             cfg.cache_profile_n,
             cfg.cache_time_task_manager,
         )
@@ -234,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         "--seq-lens", type=int, nargs="+", help="override the calibration sequence lengths"
     )
     parser.add_argument(
-        "--threads", type=int, help="torch threads (default: torch's own, one per core)"
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads, fixed for the whole run (default: one per core)",
     )
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -243,10 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         from .memory import MemoryProbe
 
         probe = MemoryProbe()  # its imports and model set-up overlap with ours
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
 
     cfg = QUICK if args.quick else FULL
     if args.seq_lens:
@@ -254,14 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     log(f"lmms-prune benchmarks ({cfg.mode}): {', '.join(args.only)}")
     results: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": cfg.mode,
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()
+    stolen, cpu = steal_seconds(), time.process_time()
     results |= run_sections(cfg, tuple(args.only), probe)
-    results["machine"] = machine_info()
+    results["machine"] = machine_info() | {"loadavg_at_start": list(load)}
     results["wall_s"] = time.perf_counter() - start
+    results["cpu_s"] = time.process_time() - cpu
+    results["steal_s"] = steal_seconds() - stolen
 
     from .report import render, targets
 
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {args.out / 'results.json'} and {args.out / 'results.md'} in {results['wall_s']:.0f} s"
     )
     for t in results["targets"]:
-        log(f"  {'ok  ' if t['met'] else 'MISS'} {t['target']}: {t['value']}")
+        log(f"  {t['verdict']:<12} {t['target']}: {t['value']}")
     return 0
 
 

@@ -1,10 +1,10 @@
 """Part 4: how many calibration forwards a sweep of criteria x budgets costs.
 
-A sweep loads one base wrapper, builds one ``Calibrator``, asks it once for the statistics of
-the union of the domains its cells read (with every angular block size the budgets need), and
-then makes each cell's plan from those statistics. The forwards are counted twice: by the
-calibrator and by a hook on the model itself. For contrast the same cells are also planned one
-by one, each asking the calibrator for just what it needs.
+A sweep loads one base wrapper, builds one ``Planner`` and asks it once for every cell's plan:
+it calibrates the union of the domains the cells read (with every angular block size the
+budgets need) once, then makes each cell's plan from those statistics. The forwards are counted twice: by the
+planner and by a hook on the model itself. For contrast the same cells are also planned one
+by one, each asking the planner for just its own plan.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .common import log, progress, timed
-from .tiny_vlm import ARCH, SETS, calibrator
+from .tiny_vlm import ARCH, SETS, planner
 
 
 class ForwardCounter:
     """Counts prefill forwards of the text decoder (a hook on its owner module)."""
 
     def __init__(self, model) -> None:
-        from lmms_prune_plugin.layers import find_decoder_layers
+        from .package import find_decoder_layers
 
         self.count = 0
         owner = find_decoder_layers(model).owner
@@ -40,10 +40,9 @@ class ForwardCounter:
 
 
 def _needs(criterion: str, sets) -> tuple[str, ...]:
-    from lmms_prune_plugin.calibration import domains_for
-    from lmms_prune_plugin.plugins import get_criterion
+    from .package import get_criterion
 
-    return domains_for(get_criterion(criterion).domains, sets)
+    return get_criterion(criterion).resolve_domains(sets)
 
 
 def run(
@@ -55,47 +54,34 @@ def run(
 ) -> dict[str, Any]:
     import lmms_eval.models
 
-    from lmms_prune_plugin.pipeline import PruneOptions, make_plan
-    from lmms_prune_plugin.plan import ModelIdentity
-    from lmms_prune_plugin.plugins import get_criterion
-    from lmms_prune_plugin.strategies import resolve_budget
-    from lmms_prune_plugin.tiny import save_tiny_vlm, wrapper_kwargs
+    from .package import PruneOptions, get_criterion, resolve_budget, save_tiny_vlm, wrapper_kwargs
 
     sets = SETS
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_tiny_vlm(ARCH, Path(tmp) / "ckpt", num_layers=num_layers)
         wrapper = lmms_eval.models.get_model(ARCH)(pretrained=str(ckpt), **wrapper_kwargs(ARCH))
         model = wrapper.model
-        identity = ModelIdentity.of(model, str(ckpt), None)
-        n = identity.num_layers
         cells = [(c, b) for c in criteria for b in budgets]
         options = {cell: PruneOptions(criterion=cell[0], budget=cell[1]) for cell in cells}
 
         def fresh() -> Any:
-            # No disk cache: every forward that the sweep needs is run and counted here.
-            return calibrator(wrapper, ckpt, calib_limit)
+            return planner(wrapper, ckpt, calib_limit)
 
         # The sweep: one request for the union of domains and block sizes, then plans only.
+        cal, counter = fresh(), ForwardCounter(model)
+        n = cal.identity.num_layers
         log(
             f"[sweep] {len(cells)} cells ({len(criteria)} criteria x {len(budgets)} budgets) on a {n}-layer model"
         )
-        cal, counter = fresh(), ForwardCounter(model)
         domains = tuple(dict.fromkeys(d for c, _ in cells for d in _needs(c, sets)))
         blocks = tuple(
             sorted({resolve_budget(b, n) for c, b in cells if get_criterion(c).needs_blocks})
         )
-        calib_s, stats = timed(lambda: cal.statistics(domains, blocks))
-        calib_id = cal.identity(domains)
-        bar = progress(len(cells), "sweep plans")
-        plans = {}
-        for cell in cells:
-            plans[cell] = make_plan(
-                identity, {d: stats[d] for d in _needs(cell[0], sets)}, options[cell], calib_id
-            )
-            bar.update(1)
-        bar.close()
+        # The planner's own sweep path: every cell's options at once.
+        calib_s, planned = timed(lambda: cal.plans([options[cell] for cell in cells]))
+        plans = dict(zip(cells, planned, strict=True))
         counter.close()
-        samples = dict(calib_id.samples)
+        samples = dict(cal.calibration_identity(domains).samples)
         sweep = {
             "domains": list(domains),
             "block_sizes": list(blocks),
@@ -112,10 +98,7 @@ def run(
             cal2, counter2 = fresh(), ForwardCounter(model)
             bar = progress(len(cells), "cells one by one")
             for cell in cells:
-                opts = options[cell]
-                need = _needs(cell[0], sets)
-                st = cal2.statistics(need, opts.block_sizes(n)) if need else {}
-                make_plan(identity, st, opts, cal2.identity(need) if need else None)
+                cal2.plan(options[cell])
                 bar.update(1)
             bar.close()
             counter2.close()

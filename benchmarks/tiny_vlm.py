@@ -20,19 +20,11 @@ def calibration_args(limit: int) -> dict[str, Any]:
     }
 
 
-def calibrator(wrapper, checkpoint: Path, limit: int, cache=None):
-    """A ``Calibrator`` built with the arguments ``pruned_vlm`` gives its own.
+def planner(wrapper, checkpoint: Path, limit: int):
+    """A ``Planner`` on the wrapper's model with the test suite's calibration tasks, no disk cache
+    (every forward a sweep needs is run and counted)."""
+    from .package import CalibrationConfig, ModelIdentity, Planner
 
-    lmms-eval's default ``TaskManager`` indexes every task it ships (seconds of CPU); all the
-    tasks here live under the include paths, so the calibrator gets one that indexes only those.
-    """
-    from lmms_prune_plugin.cache import weights_fingerprint
-    from lmms_prune_plugin.calibration import Calibrator
-
-    key = weights_fingerprint(str(checkpoint))
-    cal = Calibrator(wrapper, wrapper.model, SETS, limit, "all", str(TEST_TASKS), cache, key)
-    if hasattr(cal, "_task_manager") and hasattr(cal, "task_paths"):
-        from lmms_eval.tasks import TaskManager
-
-        cal._task_manager = TaskManager(include_path=list(cal.task_paths), include_defaults=False)
-    return cal
+    config = CalibrationConfig.parse(**calibration_args(limit), plan_cache=False)
+    identity = ModelIdentity.of(wrapper.model, str(checkpoint), None)
+    return Planner(wrapper, wrapper.model, identity, config, run_key=str(checkpoint))

@@ -1,7 +1,8 @@
-"""The benchmark suite runs end to end in --quick mode and writes sane results.
+"""The benchmark suite runs end to end in --quick mode and writes sane results; its statistics
+give the known answers on synthetic data.
 
-Only the structure and the measurement logic are checked here; timing targets belong to the
-benchmark's own output.
+Only the structure, the statistics and the measurement logic are checked here; timing targets
+belong to the benchmark's own output.
 """
 
 import json
@@ -10,13 +11,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from benchmarks import stats
+from benchmarks.compare import compare
+from benchmarks.report import ratio_list
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+VERDICTS = {"met", "missed", "inconclusive"}
+
+
 def _finite_positive(x) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def _interval(est) -> bool:
+    """A well-formed estimate: finite, positive, lo <= value <= hi."""
+    return (
+        all(_finite_positive(est[k]) for k in ("value", "lo", "hi"))
+        and est["lo"] <= est["value"] <= est["hi"]
+        and est["n"] >= 3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +49,18 @@ def quick(tmp_path_factory):
 
 def test_results_files_have_every_part(quick):
     res, md = quick
-    assert res["mode"] == "quick" and res["schema"] == 1
-    assert {"cpu", "cores", "torch", "torch_threads"} <= set(res["machine"])
+    assert res["mode"] == "quick" and res["schema"] == 2
+    assert {"cpu", "cores", "torch", "torch_threads", "virtual_machine"} <= set(res["machine"])
+    assert res["machine"]["torch_threads"] == 1  # fixed by --threads
+    assert _finite_positive(res["cpu_s"]) and res["steal_s"] >= 0
     for part in ("calibration_cost", "pruning_speedup", "plan_cache", "sweep"):
         assert res[part], part
         assert res["section_s"][part] > 0
-    assert len(res["targets"]) == 7 and all(isinstance(t["met"], bool) for t in res["targets"])
+    assert len(res["targets"]) == 7 and all(t["verdict"] in VERDICTS for t in res["targets"])
+    timed = [t for t in res["targets"] if "clock" in t]
+    assert len(timed) == 4 and all(
+        t["clock"] == "cpu" and t["wall_verdict"] in VERDICTS for t in timed
+    )
     assert md.startswith("# lmms-prune benchmarks")
     for heading in (
         "## Targets",
@@ -47,6 +71,28 @@ def test_results_files_have_every_part(quick):
     ):
         assert heading in md
     assert res["machine"]["cpu"] in md and res["machine"]["torch"] in md
+    assert "mode: quick" in md and res["date"] in md and "95% interval" in md
+
+
+def test_every_ratio_has_intervals_on_both_clocks(quick):
+    ratios = ratio_list(quick[0])
+    assert len(ratios) == 2 * 3 + 2 + 1 + 1  # 3 lengths x 2, prefill + decode k=2, A/A, load
+    for r in ratios:
+        for clock in ("cpu", "wall"):
+            assert _interval(r["est"][clock]), (r["key"], clock)
+
+
+def test_rounds_are_paired_and_bounded(quick):
+    res = quick[0]
+    for t in [r["time"] for r in res["calibration_cost"]["rows"]] + [
+        res["pruning_speedup"]["prefill"]["time"],
+        res["pruning_speedup"]["decode"]["time"],
+        res["plan_cache"]["time"],
+    ]:
+        assert 3 <= t["rounds"] <= 30 and t["stopped"] in {"precision", "time cap", "max rounds"}
+        for name, wall in t["wall_s"].items():
+            cpu = t["cpu_s"][name]
+            assert len(wall) == len(cpu) and all(w > 0 and c >= 0 for w, c in zip(wall, cpu))
 
 
 def test_calibration_cost_ratios_memory_and_correctness(quick):
@@ -54,8 +100,11 @@ def test_calibration_cost_ratios_memory_and_correctness(quick):
     rows = cal["rows"]
     assert [r["seq_len"] for r in rows] == sorted(r["seq_len"] for r in rows) and len(rows) >= 2
     for r in rows:
-        assert _finite_positive(r["ratio_capture"]) and _finite_positive(r["ratio_hidden_states"])
-        assert all(_finite_positive(t["median_s"]) for t in r["time"].values())
+        assert _interval(r["ratio_capture"]["cpu"]) and _interval(r["ratio_hidden_states"]["wall"])
+        # the reference is timed in the first rounds only, the target pair in every round
+        n = r["time"]["variants"]
+        assert n["capture"]["n"] == n["plain"]["n"] == r["time"]["rounds"]
+        assert 3 <= n["hidden_states"]["n"] <= n["plain"]["n"]
         assert all(math.isfinite(v) for v in r["peak_mb"].values())
         assert _finite_positive(r["peak_mb"]["plain"])
     # Keeping every hidden state costs memory that grows with the sequence length.
@@ -71,17 +120,25 @@ def test_pruning_speedup_rows(quick):
     L = pr["model"]["num_layers"]
     for phase in ("prefill", "decode"):
         rows = pr[phase]["rows"]
-        assert rows[0]["k"] == 0 and rows[0]["speedup"] == pytest.approx(1.0)
+        assert rows[0]["k"] == 0 and rows[0]["speedup"]["cpu"]["value"] == pytest.approx(1.0)
         for r in rows:
-            assert _finite_positive(r["speedup"]) and _finite_positive(r["seconds"])
+            assert _interval(r["speedup"]["cpu"]) and _finite_positive(r["seconds"])
+            assert r["ratio_to_ideal_decoder"]["cpu"]["value"] == pytest.approx(
+                r["speedup"]["cpu"]["value"] / r["ideal_decoder"]
+            )
             assert r["ideal_decoder"] == pytest.approx(L / (L - r["k"]))
             assert 1.0 <= r["ideal_model"] <= r["ideal_decoder"] + 1e-9
+    # Every variant decoded exactly the requested number of tokens in every round.
+    dec = pr["decode"]
+    assert set(dec["tokens_generated"]) == {"k=0", "k=2", "k=0 (A/A)"}
+    assert all(v == [dec["new_tokens"]] for v in dec["tokens_generated"].values())
+    assert _interval(dec["aa_control"]["cpu"])
 
 
 def test_plan_cache_and_sweep(quick):
     res = quick[0]
     pc = res["plan_cache"]
-    assert _finite_positive(pc["ratio"]) and pc["cached_calibration_forwards"] == 0
+    assert _interval(pc["ratio"]["cpu"]) and pc["cached_calibration_forwards"] == 0
     assert len(pc["removed"]) == 2 and pc["profile"]["own_functions_ms"]
     sw = res["sweep"]
     assert sw["cells"] == 40
@@ -90,3 +147,83 @@ def test_plan_cache_and_sweep(quick):
     assert sw["passes_per_domain"] == 1.0 and sw["target"]["met"]
     assert sw["one_by_one"]["calibrator_forwards"] >= samples
     assert sw["naive_forwards"] > samples
+
+
+def test_a_run_agrees_with_itself(quick):
+    cmp = compare(quick[0], quick[0])
+    assert cmp["agree"] and cmp["agree_wall"] and len(cmp["rows"]) == len(ratio_list(quick[0]))
+
+
+# --------------------------------------------------------------------------- statistics
+def test_constant_ratios_give_a_point_interval():
+    den = [1.0, 3.0, 0.5, 2.0, 7.0]
+    est = stats.ratio_estimate([1.25 * d for d in den], den)
+    assert est["value"] == pytest.approx(1.25)
+    assert est["lo"] == pytest.approx(1.25) and est["hi"] == pytest.approx(1.25) and est["n"] == 5
+
+
+def test_pairing_cancels_drift_shared_by_a_round():
+    # Both variants slow down together (a neighbour's job): the per-round ratios stay put, while
+    # the ratio of the unpaired medians would be anything.
+    rng = np.random.default_rng(1)
+    load = np.exp(rng.normal(0, 0.5, size=40))
+    noise = np.exp(rng.normal(0, 0.01, size=40))
+    est = stats.ratio_estimate(list(1.1 * load * noise), list(load))
+    assert est["lo"] <= 1.1 <= est["hi"] and stats.relative_half_width(est) < 0.01
+
+
+def test_bootstrap_is_seeded_and_contains_the_median():
+    values = list(np.random.default_rng(2).lognormal(0, 0.2, size=25))
+    a, b = stats.bootstrap_interval(values), stats.bootstrap_interval(values)
+    assert a == b and a[0] < float(np.median(values)) < a[1]
+    # Another seed moves the interval by at most a neighbouring order statistic.
+    other = stats.bootstrap_interval(values, seed=5)
+    assert other[0] < float(np.median(values)) < other[1]
+    wider = stats.bootstrap_interval(values, level=0.99)
+    assert wider[0] <= a[0] and wider[1] >= a[1]
+
+
+def test_bootstrap_interval_covers_the_true_median():
+    # Log-normal ratios with median exactly 1.1: the 95% interval covers it in about 95% of
+    # samples of 30 rounds (percentile intervals of a median run a little short).
+    rng = np.random.default_rng(3)
+    hits = sum(
+        lo <= 1.1 <= hi
+        for lo, hi in (
+            stats.bootstrap_interval(list(1.1 * np.exp(rng.normal(0, 0.1, size=30))), resamples=500)
+            for _ in range(300)
+        )
+    )
+    assert 0.88 <= hits / 300 <= 0.99
+
+
+def test_interval_narrows_with_more_rounds():
+    rng = np.random.default_rng(4)
+    x = list(np.exp(rng.normal(0, 0.05, size=200)))
+    few, many = stats.estimate(x[:8]), stats.estimate(x)
+    assert stats.relative_half_width(many) < stats.relative_half_width(few)
+    assert stats.precise_enough([many], 0.02) and not stats.precise_enough([few, many], 0.005)
+
+
+def test_verdicts_need_the_whole_interval():
+    def est(lo, hi):
+        return {"value": (lo + hi) / 2, "lo": lo, "hi": hi, "n": 10}
+
+    assert stats.verdict(est(1.00, 1.05), 1.10, at_most=True) == stats.MET
+    assert stats.verdict(est(1.05, 1.15), 1.10, at_most=True) == stats.INCONCLUSIVE
+    assert stats.verdict(est(1.12, 1.20), 1.10, at_most=True) == stats.MISSED
+    assert stats.verdict(est(0.92, 1.00), 0.90, at_most=False) == stats.MET
+    assert stats.verdict(est(0.85, 0.95), 0.90, at_most=False) == stats.INCONCLUSIVE
+    assert stats.verdict(est(0.70, 0.85), 0.90, at_most=False) == stats.MISSED
+    assert stats.verdict(est(math.nan, 1.0), 0.90, at_most=False) == stats.INCONCLUSIVE
+
+
+def test_scale_invert_overlap_and_pairing():
+    e = {"value": 2.0, "lo": 1.0, "hi": 4.0, "n": 5}
+    assert stats.scale(e, 0.5) == {"value": 1.0, "lo": 0.5, "hi": 2.0, "n": 5}
+    assert stats.invert(e) == {"value": 0.5, "lo": 0.25, "hi": 1.0, "n": 5}
+    assert stats.overlap(e, {"value": 5, "lo": 4.0, "hi": 6, "n": 5})
+    assert not stats.overlap(e, {"value": 5, "lo": 4.5, "hi": 6, "n": 5})
+    assert stats.relative_half_width(e) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        stats.paired_ratios([1.0, 2.0], [1.0])

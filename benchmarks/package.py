@@ -1,0 +1,44 @@
+"""Every name the benchmarks take from ``lmms_prune_plugin``, in one place.
+
+The benchmarks go through the package's highest-level entry points (the ``pruned_vlm`` model
+class, ``remove_decoder_layers_``, ``LayerCapture``) plus the few pieces a sweep and the
+plan-cache set-up need. Names are imported on first use (``from .package import X`` inside a
+function), so a part that does not need lmms-eval does not import it. When the package moves a
+name, the change is one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module that defines it.
+WHERE: dict[str, str] = {
+    "LayerCapture": "lmms_prune_plugin.capture",
+    "remove_decoder_layers_": "lmms_prune_plugin.layers",
+    "find_decoder_layers": "lmms_prune_plugin.layers",
+    "PrunedVLM": "lmms_prune_plugin.models.pruned_vlm",
+    "save_tiny_vlm": "lmms_prune_plugin.testing",
+    "wrapper_kwargs": "lmms_prune_plugin.testing",
+    "CalibrationConfig": "lmms_prune_plugin.calibration",
+    "Planner": "lmms_prune_plugin.planner",
+    "PruneOptions": "lmms_prune_plugin.planner",
+    "ModelIdentity": "lmms_prune_plugin.plan",
+    "get_criterion": "lmms_prune_plugin.plugins",
+    "resolve_budget": "lmms_prune_plugin.strategies",
+    "TASKS_DIR": "lmms_prune_plugin.demo",
+    # The cached path's own steps, timed one by one in the plan-cache profile.
+    "weights_fingerprint": "lmms_prune_plugin.cache",
+    "files_fingerprint": "lmms_prune_plugin.cache",
+    "folder_fingerprint": "lmms_prune_plugin.cache",
+    "pick_wrapper": "lmms_prune_plugin.models.base",
+    "read_config": "lmms_prune_plugin.models.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in WHERE:
+        raise AttributeError(name)
+    obj = getattr(importlib.import_module(WHERE[name]), name)
+    globals()[name] = obj
+    return obj
