@@ -46,7 +46,10 @@ def captured(model, batch, blocks=()):
 
 def shortgpt_reference(hs):
     """BI_l over every position, as ShortGPT's code sums 1 - cos(hs[i], hs[i+1])."""
-    return [float((1 - F.cosine_similarity(hs[i], hs[i + 1], dim=-1)).mean()) for i in range(len(hs) - 1)]
+    return [
+        float((1 - F.cosine_similarity(hs[i], hs[i + 1], dim=-1)).mean())
+        for i in range(len(hs) - 1)
+    ]
 
 
 def pruneme_reference(hs, attention_mask, n):
@@ -54,7 +57,12 @@ def pruneme_reference(hs, attention_mask, n):
     last = [int(m.nonzero()[-1]) for m in attention_mask]
     states = [torch.stack([h[b, i] for b, i in enumerate(last)]) for h in hs[1:]]
     return [
-        float((torch.arccos(F.cosine_similarity(states[j], states[j + n], dim=-1).clamp(-1, 1)) / math.pi).mean())
+        float(
+            (
+                torch.arccos(F.cosine_similarity(states[j], states[j + n], dim=-1).clamp(-1, 1))
+                / math.pi
+            ).mean()
+        )
         for j in range(len(states) - n)
     ]
 
@@ -108,8 +116,13 @@ def test_angular_defaults_to_the_last_token_and_keeps_the_all_token_variant(tiny
     mask = batch["attention_mask"].double()
     s = stats["math"]
     for start in range(1, L - 2):
-        d = torch.arccos(F.cosine_similarity(hs[start], hs[start + 2], dim=-1).clamp(-1, 1)) / math.pi
-        assert 1 - every.blocks[2][start] == pytest.approx(float((d * mask).sum() / mask.sum()), abs=1e-6)
+        d = (
+            torch.arccos(F.cosine_similarity(hs[start], hs[start + 2], dim=-1).clamp(-1, 1))
+            / math.pi
+        )
+        assert 1 - every.blocks[2][start] == pytest.approx(
+            float((d * mask).sum() / mask.sum()), abs=1e-6
+        )
     assert s.last_tokens == 2 and cap.statistics().tokens == int(mask.sum())
 
 
