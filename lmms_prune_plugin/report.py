@@ -124,7 +124,7 @@ class Leaderboard:
             *self.general_tasks,
             "general_avg",
             "overall",
-            *(["overall_ci"] if any("overall_ci" in r for r in self.records) else []),
+            *[f"{g}_ci" for g in GROUPS if any(f"{g}_ci" in r for r in self.records)],
         ]
 
 
@@ -332,7 +332,7 @@ def to_markdown(board: Leaderboard, regime_rows: list[dict] | None = None) -> st
     cols = [
         c
         for c in board.columns
-        if c not in ("criterion", "strategy", "spacing_aware")
+        if c not in ("criterion", "strategy", "spacing_aware", "math_avg_ci", "general_avg_ci")
         and not (c == "model" and len({r["model"] for r in board.records}) == 1)
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

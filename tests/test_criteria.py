@@ -96,7 +96,8 @@ def test_alpha_outside_unit_interval_is_rejected(alpha):
 
 def test_unknown_criterion_lists_registered_names():
     with pytest.raises(
-        ValueError, match="criterion='nope' is not registered; choose one of: angular, func_math, .*, last, math"
+        ValueError,
+        match="criterion='nope' is not registered; choose one of: angular, func_math, .*, last, math",
     ):
         get_criterion("nope")
 
