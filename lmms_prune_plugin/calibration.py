@@ -17,7 +17,7 @@ from loguru import logger
 
 from .args import is_none, optional, parse_bool, parse_int
 from .cache import Cache, folder_fingerprint, key
-from .capture import LayerCapture
+from .capture import AnswerReference, LayerCapture
 from .distributed import all_reduce, is_main, process_group
 from .layers import decoder_layers_removed
 from .requests import CalibrationRequests, build_requests, resolve_task_name
@@ -132,21 +132,27 @@ def run_capture(
     calib: CalibrationRequests,
     tokens: str = "all",
     block_sizes: tuple[int, ...] = (),
+    **capture_options,
 ) -> LayerStatistics:
     """One prefill pass over the domain's requests through the wrapper, hooks on."""
+    return _capture_pass(wrapper, model, calib, tokens, block_sizes, **capture_options)[0]
+
+
+def _capture_pass(wrapper, model, calib: CalibrationRequests, tokens: str,
+                  block_sizes: tuple[int, ...], **capture_options) -> tuple[LayerStatistics, LayerCapture]:  # fmt: skip
     saved = dict(wrapper.task_dict)
     wrapper.task_dict.update(calib.datasets)
     try:
         with (
             torch.inference_mode(),
-            LayerCapture(model, tokens=tokens, block_sizes=block_sizes) as cap,
+            LayerCapture(model, tokens=tokens, block_sizes=block_sizes, **capture_options) as cap,
         ):
             wrapper.generate_until(list(calib.requests))
         stats = cap.statistics()
     finally:
         wrapper.task_dict.clear()
         wrapper.task_dict.update(saved)
-    return all_reduce(stats)
+    return all_reduce(stats), cap
 
 
 @dataclass(frozen=True)
@@ -157,10 +163,12 @@ class DomainCalibration:
     task: str
     samples: int  # over all ranks
     fingerprint: str
+    per_sample: tuple[LayerStatistics, ...] = ()  # in the order the samples reached the model
 
     def to_dict(self) -> dict:
         return {"stats": self.stats.to_dict(), "task": self.task, "samples": self.samples,
-                "fingerprint": self.fingerprint}  # fmt: skip
+                "fingerprint": self.fingerprint,
+                "per_sample": [s.to_dict() for s in self.per_sample]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DomainCalibration:
@@ -169,6 +177,16 @@ class DomainCalibration:
             str(data["task"]),
             int(data["samples"]),
             str(data["fingerprint"]),
+            tuple(LayerStatistics.from_dict(x) for x in data.get("per_sample", ())),
+        )
+
+    def lacks(self, block_sizes: tuple[int, ...], outputs: bool, per_sample: bool) -> bool:
+        """Whether these statistics miss a measurement asked for (then the pass reruns)."""
+        s = self.stats
+        return (
+            not set(block_sizes) <= set(s.angular_sum)
+            or (outputs and s.divergence_samples <= 0)
+            or (per_sample and not self.per_sample)
         )
 
     def problem(self, num_layers: int, task: str) -> str | None:
@@ -185,6 +203,10 @@ class DomainCalibration:
             return "it holds non-finite sums"
         if any(abs(c) > s.tokens * (1 + 1e-6) for c in s.cos_sum):
             return "its cosine sums exceed its token count"
+        if not math.isfinite(s.divergence_sum) or s.divergence_sum < 0:
+            return "it holds a negative or non-finite divergence"
+        if self.per_sample and len(self.per_sample) != s.samples:
+            return f"it holds {len(self.per_sample)} per-sample statistics for {s.samples} samples"
         return None
 
 
@@ -195,7 +217,12 @@ class Calibrator:
     wrapper, its arguments, dtype, processor), the task and its content fingerprint, ``limit``,
     the token selection and the layers removed before measuring, so a cache hit needs neither
     lmms-eval's TaskManager nor a forward. Angular block sizes accumulate: a request for new
-    sizes reruns the pass once for the union. ``forwards`` counts the prefill forwards run.
+    sizes reruns the pass once for the union; so do the output divergence and per-sample
+    statistics. ``forwards`` counts the prefill forwards run.
+
+    The output divergence of a model with layers removed is measured against the answer
+    distributions of the unpruned model, recorded by a pass over it (kept in memory only: they
+    are samples x vocabulary floats) and run again when a later process needs them.
     """
 
     def __init__(self, wrapper, model: torch.nn.Module, config: CalibrationConfig, run_key: str):
@@ -204,6 +231,7 @@ class Calibrator:
         self.run_key = run_key
         self.forwards = 0
         self._done: dict[tuple[str, tuple[int, ...]], DomainCalibration] = {}
+        self._reference: dict[str, AnswerReference] = {}
         self._task_manager = None
         self._task_key: dict[str, str] = {}
 
@@ -270,21 +298,52 @@ class Calibrator:
         return have
 
     def calibrate(
-        self, domain: str, block_sizes: tuple[int, ...] = (), removed: tuple[int, ...] = ()
+        self,
+        domain: str,
+        block_sizes: tuple[int, ...] = (),
+        removed: tuple[int, ...] = (),
+        outputs: bool = False,
+        per_sample: bool = False,
+        _rerun: bool = False,
     ) -> DomainCalibration:
         """A domain's calibration of the model without ``removed``: from memory, else the disk
-        cache, else one prefill pass."""
+        cache, else one prefill pass. ``outputs``: with the answer-position KL divergence from
+        the unpruned model; ``per_sample``: with one statistics per sample."""
         removed = tuple(sorted(removed))
         num_layers = _num_layers(self.model) - len(removed)
         k = self.key(domain, removed)
         have = self._done.get((domain, removed)) or self._cached(domain, k, num_layers)
-        if have is None or not set(block_sizes) <= set(have.stats.angular_sum):
-            blocks = tuple(sorted(set(block_sizes) | set(have.stats.angular_sum if have else ())))
+        if have is None or _rerun or have.lacks(block_sizes, outputs, per_sample):
+            if per_sample and process_group()[1] > 1:
+                raise ValueError(
+                    "per-sample calibration statistics (bootstrap) need one process; run without "
+                    "torchrun / accelerate"
+                )
+            old = have.stats if have else None
+            blocks = tuple(sorted(set(block_sizes) | set(old.angular_sum if old else ())))
+            outputs = outputs or bool(old and old.divergence_samples)
+            per_sample = per_sample or bool(have and have.per_sample)
+            options: dict = {"per_sample": per_sample}
+            if outputs and not removed:
+                options["record_answers"] = True
+            elif outputs:
+                options["reference"] = self._answer_reference(domain)
             reqs = self.requests(domain)
             with decoder_layers_removed(self.model, removed):
-                stats = run_capture(self.wrapper, self.model, reqs, self.config.tokens, blocks)
+                stats, cap = _capture_pass(self.wrapper, self.model, reqs, self.config.tokens,
+                                           blocks, **options)  # fmt: skip
             self.forwards += stats.forwards
-            have = DomainCalibration(stats, self.config.sets[domain], reqs.total, reqs.fingerprint)
+            if cap.answers is not None:
+                self._reference[domain] = cap.answers
+            if "reference" in options and cap.compared != len(options["reference"]):
+                raise ValueError(
+                    f"calib_{domain}: the output comparison saw {cap.compared} samples, the "
+                    f"reference {len(options['reference'])}"
+                )
+            rows = tuple(cap.sample_statistics()) if per_sample else ()
+            have = DomainCalibration(
+                stats, self.config.sets[domain], reqs.total, reqs.fingerprint, rows
+            )
             problem = have.problem(num_layers, self.config.sets[domain])
             if problem:
                 raise ValueError(
@@ -294,6 +353,13 @@ class Calibrator:
                 self.cache.put("calibration", k, have.to_dict())
         self._done[(domain, removed)] = have
         return have
+
+    def _answer_reference(self, domain: str) -> AnswerReference:
+        if domain not in self._reference:  # the unpruned pass with outputs records them
+            self.calibrate(domain, (), (), outputs=True, _rerun=True)
+            if domain not in self._reference:  # calibrate records it whenever it is missing
+                raise RuntimeError(f"no reference answer distributions for {domain}")
+        return self._reference[domain]
 
 
 def _num_layers(model: torch.nn.Module) -> int:

@@ -84,22 +84,42 @@ def _budgets(s: str) -> list[int | float]:
 
 
 # -- rank -----------------------------------------------------------------------------------
+def _rank_criteria(spec: str | None) -> list[str]:
+    """``--criteria``: default every criterion scored from one calibration pass; ``all`` adds
+    the greedy (re-calibrating) ones; or a comma list."""
+    from .plugins import get_criteria, get_criterion
+
+    found = get_criteria()
+    if spec is None:
+        return [n for n, c in found.items() if c.adaptive is None]
+    if spec == "all":
+        return list(found)
+    names = _csv(spec)
+    for name in names:
+        get_criterion(name)  # an unknown name is an error listing the registered ones
+    return names
+
+
 def cmd_rank(a) -> int:
     from .criteria import ranks
     from .planner import PruneOptions
     from .plots import layer_profiles
-    from .plugins import get_criteria
     from .strategies import resolve_budget
 
     out = _out_folder(a.out)
+    names = _rank_criteria(a.criteria)
+    if a.bootstrap and a.bootstrap < 2:
+        raise ValueError(f"bootstrap={a.bootstrap!r} is not allowed; give 0 (off) or at least 2")
     lm = _load(a, budget=0)
     planner, n = lm.planner, lm.identity.num_layers
     k = resolve_budget(a.budget, n)
     options = {}
-    for name in get_criteria():
+    for name in names:
         opts = PruneOptions(
-            criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed
-        )
+            criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed,
+            final_norm=a.final_norm, angular_tokens=a.angular_tokens, step=a.step,
+            candidates=a.candidates,
+        )  # fmt: skip
         try:
             planner.check(opts)
         except ValueError as err:  # e.g. a criterion reading a domain that is not calibrated
@@ -131,7 +151,47 @@ def cmd_rank(a) -> int:
     print(
         f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {planner.forwards}"
     )
+    if a.bootstrap:
+        _rank_bootstrap(a, lm, {c: o for c, o in options.items()}, k, out)
     return 0
+
+
+def _rank_bootstrap(a, lm, options: dict, k: int, out: Path) -> None:
+    import json
+
+    from .plots import plan_stability
+    from .plugins import get_criterion
+    from .stability import bootstrap_plans
+
+    planner = lm.planner
+    chosen = {c: o for c, o in options.items()
+              if get_criterion(c).adaptive is None and get_criterion(c).domains}  # fmt: skip
+    skipped = sorted(set(options) - set(chosen))
+    if skipped:
+        print(f"bootstrap skips {', '.join(skipped)}: no calibration scores, or greedy "
+              "(it would re-run its passes per resample)", file=sys.stderr)  # fmt: skip
+    if not chosen:
+        return
+    n = lm.identity.num_layers
+    blocks = tuple(sorted({b for o in chosen.values() for b in o.block_sizes(n)}))
+    samples = planner.sample_statistics(block_sizes=blocks)
+    found = bootstrap_plans(lm.identity, samples, list(chosen.values()), a.bootstrap, a.seed)
+    sizes = ", ".join(f"{len(v)} {d}" for d, v in samples.items())
+    print(f"\nplan stability at budget {k}: {a.bootstrap} bootstrap resamples of the calibration "
+          f"samples ({sizes}); J = mean Jaccard agreement of removed sets")  # fmt: skip
+    print(f"{'criterion':<12} {'J pairs':>7} {'J plan':>7}  plan  most often removed (share)")
+    for st in found:
+        top = sorted(range(n), key=lambda i: -st.frequency[i])[: max(k + 2, 1)]
+        often = " ".join(f"{i}({st.frequency[i]:.2f})" for i in top if st.frequency[i] > 0)
+        plan = ",".join(map(str, st.plan))
+        print(f"{st.criterion:<12} {st.jaccard:>7.3f} {st.jaccard_to_plan:>7.3f}  {plan}  {often}")
+    (out / "stability.json").write_text(json.dumps([s.to_dict() for s in found], indent=2) + "\n")
+    png = plan_stability(
+        {s.criterion: s.frequency for s in found}, {s.criterion: s.jaccard for s in found},
+        out / "plan_stability.png",
+        f"{Path(lm.pretrained).name}: layers removed at budget {k} over {a.bootstrap} resamples",
+    )  # fmt: skip
+    print(f"wrote {out / 'stability.json'} and {png}")
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -225,7 +285,16 @@ def cmd_list(a) -> int:
 # -- report ---------------------------------------------------------------------------------
 def cmd_report(a) -> int:
     from .plots import accuracy_vs_budget
-    from .report import by_budget, check_rows, leaderboard, regimes, to_csv, to_json, to_markdown
+    from .report import (
+        by_budget,
+        check_rows,
+        leaderboard,
+        regimes,
+        regimes_ci,
+        to_csv,
+        to_json,
+        to_markdown,
+    )
     from .sweep import read_rows
 
     rows = []
@@ -236,7 +305,15 @@ def cmd_report(a) -> int:
         rows += read_rows(path)
     check_rows(rows, a.allow_mixed)
     board = leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
-    per = regimes(board, converge=a.converge)
+    if board.has_docs:
+        per = regimes_ci(board, a.bootstrap, a.confidence, a.seed, a.family)
+    else:
+        print(
+            "report: the sweep rows hold no per-document results, so no intervals; regimes by "
+            f"the spread rule (converge={a.converge} points)",
+            file=sys.stderr,
+        )
+        per = regimes(board, converge=a.converge)
     out = _out_folder(a.out)
     names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "by_budget.md",
              "accuracy_vs_budget.png"]  # fmt: skip
@@ -275,7 +352,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", type=_budget, default=4)
     r.add_argument("--strategy", default=None)
     r.add_argument("--alpha", type=float, default=0.5)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0, help="random criterion and bootstrap seed")
+    r.add_argument(
+        "--criteria",
+        default=None,
+        help="comma list, or 'all' (default: every criterion scored from one calibration pass; "
+        "'all' adds the greedy iter_* and func_* ones, which re-calibrate)",
+    )
+    r.add_argument(
+        "--final_norm",
+        action="store_true",
+        help="compare the last layer with the post-final-norm state (ShortGPT/PruneMe code)",
+    )
+    r.add_argument(
+        "--angular_tokens", choices=["last", "all"], default="last", help="angular: default last"
+    )
+    r.add_argument("--step", type=int, default=1, help="iter_*: layers removed per re-calibration")
+    r.add_argument(
+        "--candidates", type=int, default=8, help="func_*: layers tried per removal (0 = all)"
+    )
+    r.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        help="resample the calibration samples N times; report how often each layer is removed",
+    )
     r.add_argument("--out", default="out/rank")
     r.set_defaults(fn=cmd_rank)
 
@@ -324,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--converge",
         type=float,
         default=2.0,
-        help="spread (points) below which methods have converged",
+        help="without per-document results: spread (points) below which methods have converged",
     )
     rp.add_argument(
         "--allow-mixed",
@@ -332,6 +433,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="report rows of several models together",
     )
+    rp.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="paired bootstrap replicates over documents for intervals and regimes (default 1000)",
+    )
+    rp.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    rp.add_argument(
+        "--family",
+        choices=["score", "all"],
+        default="score",
+        help="methods that must agree for 'moderate': score-based criteria (default) or all",
+    )
+    rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     rp.add_argument("--force", action="store_true", help="overwrite existing report files")
     rp.set_defaults(fn=cmd_report)
     return p

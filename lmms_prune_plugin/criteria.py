@@ -5,11 +5,12 @@ Pure functions of their inputs; none of them touches a model.
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .stats import LayerStatistics, pool
+from .stats import ANGULAR_TOKENS, LayerStatistics, pool
 
 MATH, NONMATH = "math", "nonmath"
 Stats = Mapping[str, LayerStatistics]
@@ -22,6 +23,11 @@ class CriterionOptions:
     alpha: float = 0.5  # weight of the math domain in ``mixed``
     seed: int = 0  # for ``random``
     block_sizes: tuple[int, ...] = ()  # block lengths n for which ``angular`` scores blocks
+    final_norm: bool = False  # last layer / top block against the post-final-norm state
+    angular_tokens: str = "last"  # ``angular``: "last" token (Gromov et al.) or "all" selected
+    step: int = 1  # iterative criteria: layers removed between re-calibrations
+    candidates: int = 8  # output-aware criteria: layers tried per removal (0 = every layer)
+    protected: tuple[int, ...] = ()  # layers a greedy criterion must never pick
 
     def __post_init__(self) -> None:
         alpha = self.alpha
@@ -29,6 +35,19 @@ class CriterionOptions:
             raise ValueError(f"alpha={alpha!r} is not allowed; it must be a number in [0, 1]")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed={self.seed!r} is not allowed; it must be an integer")
+        if not isinstance(self.final_norm, bool):
+            raise ValueError(
+                f"final_norm={self.final_norm!r} is not allowed; it must be true or false"
+            )
+        if self.angular_tokens not in ANGULAR_TOKENS:
+            raise ValueError(
+                f"angular_tokens={self.angular_tokens!r} is not allowed; choose one of: "
+                f"{', '.join(ANGULAR_TOKENS)}"
+            )
+        for name, low in (("step", 1), ("candidates", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name}={v!r} is not allowed; it must be an integer >= {low}")
 
 
 @dataclass(frozen=True)
@@ -37,11 +56,26 @@ class Scores:
 
     per_layer: tuple[float, ...]
     blocks: Mapping[int, tuple[float, ...]] = field(default_factory=dict)
+    order: tuple[int, ...] = ()  # a greedy criterion's removal order (first removed first)
 
 
-#: ``measure(domain, removed)``: statistics of the model with the layers ``removed`` taken out
-#: (indices of the full model), calibrated on ``domain``. Given to adaptive criteria.
-Measure = Callable[[str, tuple[int, ...]], LayerStatistics]
+def order_scores(order: tuple[int, ...], budget: int, num_layers: int) -> Scores:
+    """Scores that make ``topk`` pick the first ``budget`` layers of a greedy removal order:
+    the i-th removed layer scores budget - i, every other layer 0. They depend on the order's
+    prefix only, so a plan is the same whichever larger budget computed the order."""
+    if budget > len(order):
+        raise ValueError(f"a removal order of {len(order)} layers cannot serve budget {budget}")
+    scores = [0.0] * num_layers
+    for i, layer in enumerate(order[:budget]):
+        scores[layer] = float(budget - i)
+    return Scores(tuple(scores), order=tuple(order[:budget]))
+
+
+#: ``measure(domain, removed, outputs=False)``: statistics of the model with the layers
+#: ``removed`` taken out (indices of the full model), calibrated on ``domain``; ``outputs=True``
+#: adds the answer-position KL divergence from the unpruned model
+#: (:meth:`LayerStatistics.divergence`). Given to adaptive criteria.
+Measure = Callable[..., LayerStatistics]
 
 
 @dataclass(frozen=True)
@@ -51,7 +85,10 @@ class Criterion:
     ``fn(stats, num_layers, options)`` scores from one calibration of the unpruned model. An
     ``adaptive`` criterion instead gets ``adaptive(measure, num_layers, budget, options)`` and
     may re-calibrate the model with layers removed, as often as it needs (the planner counts
-    and caches every pass).
+    and caches every pass). A ``greedy`` adaptive criterion returns its removal order
+    (``Scores.order``) and the plan for budget k removes its first k layers, so the planner
+    runs it once for the largest budget asked and serves every smaller one from its prefix;
+    it works with ``topk`` (or a strategy that ignores scores).
     """
 
     name: str
@@ -63,6 +100,7 @@ class Criterion:
     needs_blocks: bool = False  # scores blocks of n layers: capture must measure n = budget
     adaptive: Callable[[Measure, int, int, CriterionOptions], Scores] | None = None
     cost: str = "one calibration pass per domain"
+    greedy: bool = False
 
     def resolve_domains(self, available: Iterable[str]) -> tuple[str, ...]:
         """The concrete domains this criterion reads, given the calibrated (or configured) ones.
@@ -121,38 +159,46 @@ def ranks(values: list[float] | tuple[float, ...]) -> list[float]:
 
 def _domain(domain: str) -> Callable[[Stats, int, CriterionOptions], Scores]:
     def fn(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
-        return Scores(tuple(stats[domain].similarity()))
+        return Scores(tuple(stats[domain].similarity(options.final_norm)))
 
     return fn
 
 
 def mixed(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
-    a = options.alpha
-    m, n = stats[MATH].similarity(), stats[NONMATH].similarity()
+    a, fn = options.alpha, options.final_norm
+    m, n = stats[MATH].similarity(fn), stats[NONMATH].similarity(fn)
     return Scores(tuple(a * x + (1 - a) * y for x, y in zip(m, n, strict=True)))
 
 
 def mixed_rank(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
-    a = options.alpha
-    m, n = ranks(stats[MATH].similarity()), ranks(stats[NONMATH].similarity())
+    a, fn = options.alpha, options.final_norm
+    m, n = ranks(stats[MATH].similarity(fn)), ranks(stats[NONMATH].similarity(fn))
     return Scores(tuple(a * x + (1 - a) * y for x, y in zip(m, n, strict=True)))
 
 
 def shortgpt(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
-    # 1 - Block Influence on all calibration data pooled, domains ignored.
-    return Scores(tuple(pool(stats.values()).similarity()))
+    # 1 - Block Influence on all calibration data pooled, domains ignored. ShortGPT's code
+    # compares the last layer's input with the post-norm state: final_norm=true.
+    return Scores(tuple(pool(stats.values()).similarity(options.final_norm)))
 
 
 def angular(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    """Gromov et al. (PruneMe's code): 1 - arccos(cos(h_l, h_{l+n})) / pi on each sample's last
+    token by default. Blocks start at layer 1 at the earliest, as PruneMe drops the embeddings
+    from its hidden states: the block from layer 0 is scored -inf, never picked."""
     pooled = pool(stats.values())
-    blocks = {n: tuple(1.0 - d for d in pooled.angular_distance(n)) for n in options.block_sizes}
-    if 1 in pooled.angular_sum:
-        per_layer = tuple(1.0 - d for d in pooled.angular_distance(1))
-    else:  # arccos(cos)/pi of each layer's own input/output, from the same sums
-        import math
+    tok, fn = options.angular_tokens, options.final_norm
 
+    def closeness(n: int) -> tuple[float, ...]:
+        return tuple(1.0 - d for d in pooled.angular_distance(n, tok, fn))
+
+    blocks = {n: (-math.inf, *closeness(n)[1:]) for n in options.block_sizes}
+    have = pooled.angular_sum if tok == "all" else pooled.angular_last_sum
+    if 1 in have:
+        per_layer = closeness(1)
+    else:  # arccos(cos)/pi of each layer's own input/output over the selected tokens
         per_layer = tuple(
-            1.0 - math.acos(max(-1.0, min(1.0, s))) / math.pi for s in pooled.similarity()
+            1.0 - math.acos(max(-1.0, min(1.0, s))) / math.pi for s in pooled.similarity(fn)
         )
     return Scores(per_layer, blocks)
 
@@ -164,6 +210,63 @@ def last(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
 def random(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
     rng = _random.Random(options.seed)
     return Scores(tuple(rng.random() for _ in range(num_layers)))
+
+
+def _needs_planner(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    raise ValueError(
+        "this criterion re-calibrates the model as it removes layers; plan it through the "
+        "planner (pruned_vlm, lmms-prune), not from fixed statistics"
+    )
+
+
+def _weights(domains: tuple[str, ...]) -> Callable[[CriterionOptions], dict[str, float]]:
+    if len(domains) == 1:
+        return lambda o: {domains[0]: 1.0}
+    return lambda o: {MATH: o.alpha, NONMATH: 1.0 - o.alpha}
+
+
+def _greedy(kind: str, domains: tuple[str, ...]):
+    weights = _weights(domains)
+
+    def adaptive(
+        measure: Measure, num_layers: int, budget: int, options: CriterionOptions
+    ) -> Scores:
+        from . import adaptive as algorithms
+
+        run = algorithms.iterative_order if kind == "iter" else algorithms.functional_order
+        order = run(measure, weights(options), num_layers, budget, options)
+        return order_scores(order, budget, num_layers)
+
+    return adaptive
+
+
+def _greedy_criteria() -> tuple[Criterion, ...]:
+    out = []
+    for suffix, domains, what in (
+        ("math", (MATH,), "s_l(math)"),
+        ("nonmath", (NONMATH,), "s_l(nonmath)"),
+        ("mixed", (MATH, NONMATH), "alpha * s_l(math) + (1 - alpha) * s_l(nonmath)"),
+    ):
+        dname = suffix if suffix != "mixed" else "both domains"
+        kl = what.replace("s_l", "KL_l")
+        out += [
+            Criterion(
+                f"iter_{suffix}", _needs_planner, domains,
+                f"{what} on the model without the layers removed so far; remove the top `step`, "
+                "re-calibrate, repeat",
+                f"iterative similarity ({dname})", greedy=True,
+                adaptive=_greedy("iter", domains), cost="ceil(budget / step) passes per domain",
+            ),
+            Criterion(
+                f"func_{suffix}", _needs_planner, domains,
+                f"-{kl}: KL(unpruned || without removed + l) of the next-token distribution at the "
+                "answer positions; remove the least damaging of the `candidates` most similar, repeat",
+                f"output-aware greedy ({dname})", greedy=True,
+                adaptive=_greedy("func", domains),
+                cost="1 + budget x candidates passes per domain (candidates=0: all remaining layers)",
+            ),
+        ]  # fmt: skip
+    return tuple(out)
 
 
 BUILTIN_CRITERIA = (
@@ -202,11 +305,12 @@ BUILTIN_CRITERIA = (
         "angular",
         angular,
         ("*",),
-        "1 - arccos(cos(h_l, h_{l+n})) / pi, all data pooled",
-        "Gromov et al.: angular distance over a block of n",
+        "1 - arccos(cos(h_l, h_{l+n})) / pi on the last token, all data pooled",
+        "Gromov et al. / PruneMe: angular distance over a block of n, blocks from layer 1",
         "contiguous",
         True,
     ),
     Criterion("last", last, (), "l (layer index)", "remove the tail"),
     Criterion("random", random, (), "U(0, 1) seeded by seed", "seeded random order"),
+    *_greedy_criteria(),
 )

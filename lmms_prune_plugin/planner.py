@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass
 from loguru import logger
 
 from .calibration import CalibrationConfig, Calibrator
-from .criteria import CriterionOptions, Scores
+from .criteria import CriterionOptions, Scores, order_scores
 from .distributed import is_main
 from .plan import CalibrationIdentity, ModelIdentity, PrunePlan, content_hash
 from .plugins import get_criterion, get_strategy
 from .stats import LayerStatistics
-from .strategies import StrategyOptions, check_budget, resolve_budget
+from .strategies import StrategyOptions, check_budget, eligible_layers, resolve_budget
 
 BASELINE = "none"  # criterion and strategy of a budget-0 plan
 
@@ -36,6 +36,10 @@ class PruneOptions:
     min_gap: int = 2
     protect_first: int = 0
     protect_last: int = 0
+    final_norm: bool = False  # compare the last layer with the post-norm state (reference codes)
+    angular_tokens: str = "last"  # angular: last token (Gromov et al.) or "all" selected tokens
+    step: int = 1  # iterative criteria: layers removed per re-calibration
+    candidates: int = 8  # output-aware criteria: layers tried per removal (0 = all)
 
     def __post_init__(self) -> None:
         crit = get_criterion(self.criterion)
@@ -49,12 +53,22 @@ class PruneOptions:
         return self.strategy or get_criterion(self.criterion).default_strategy
 
     def block_sizes(self, num_layers: int) -> tuple[int, ...]:
+        """Angular block lengths to capture: the budget, and 1 for the per-layer scores."""
         k = resolve_budget(self.budget, num_layers)
-        return (k,) if get_criterion(self.criterion).needs_blocks and k > 0 else ()
+        return tuple(sorted({1, k})) if get_criterion(self.criterion).needs_blocks and k > 0 else ()
 
     def criterion_options(self, num_layers: int) -> CriterionOptions:
         blocks = self.block_sizes(num_layers) if num_layers else ()
-        return CriterionOptions(alpha=self.alpha, seed=self.seed, block_sizes=blocks)
+        protected = tuple(
+            sorted(
+                set(range(num_layers)) - set(eligible_layers(num_layers, self.strategy_options()))
+            )
+        )
+        return CriterionOptions(
+            alpha=self.alpha, seed=self.seed, block_sizes=blocks, final_norm=self.final_norm,
+            angular_tokens=self.angular_tokens, step=self.step, candidates=self.candidates,
+            protected=protected,
+        )  # fmt: skip
 
     def strategy_options(self) -> StrategyOptions:
         return StrategyOptions(
@@ -84,6 +98,11 @@ def select(model: ModelIdentity, scores: Scores, options: PruneOptions,
             "alpha": copts.alpha,
             "seed": copts.seed,
             "block_sizes": list(copts.block_sizes),
+            "final_norm": copts.final_norm,
+            "angular_tokens": copts.angular_tokens,
+            "step": copts.step,
+            "candidates": copts.candidates,
+            **({"order": list(scores.order)} if scores.order else {}),
         },  # fmt: skip
         strategy=options.strategy_name,
         strategy_options=asdict(options.strategy_options()),
@@ -141,8 +160,19 @@ class Planner:
         n = self.identity.num_layers
         k = resolve_budget(options.budget, n)
         self.domains(options)
+        strategy = get_strategy(options.strategy_name)
+        if (
+            get_criterion(options.criterion).greedy
+            and strategy.uses_scores
+            and strategy.name != "topk"
+        ):
+            raise ValueError(
+                f"strategy={strategy.name!r} is not allowed with criterion={options.criterion!r}: a "
+                "greedy criterion removes layers in its own order, so it takes strategy=topk (or one "
+                "that ignores scores, such as uniform)"
+            )
         if k:
-            get_strategy(options.strategy_name)(Scores((0.0,) * n), k, options.strategy_options())
+            strategy(Scores((0.0,) * n), k, options.strategy_options())
 
     # -- planning ---------------------------------------------------------------------------
     def plan_key(self, options: PruneOptions) -> str:
@@ -176,9 +206,10 @@ class Planner:
         domains = tuple(dict.fromkeys(d for o in oneshot for d in self.domains(o)))
         blocks = tuple(sorted({b for o in oneshot for b in o.block_sizes(n)}))
         stats = {d: self.calibrator.calibrate(d, blocks).stats for d in domains}
+        orders = self._greedy_orders([options[i] for i in todo])
         for i in todo:
             o = options[i]
-            plan = self._make(o, stats)
+            plan = self._make(o, stats, orders)
             if self.cache is not None and is_main():
                 self.cache.put_plan(self.plan_key(o), plan)
             out[i] = plan
@@ -190,6 +221,14 @@ class Planner:
         names = tuple(domains) if domains is not None else tuple(self.config.sets)
         return {d: self.calibrator.calibrate(d, block_sizes).stats for d in names}
 
+    def sample_statistics(self, domains: Sequence[str] | None = None,
+                          block_sizes: tuple[int, ...] = ()) -> dict[str, tuple[LayerStatistics, ...]]:  # fmt: skip
+        """Each configured (or named) domain's per-sample statistics of the unpruned model
+        (for bootstraps over the calibration samples)."""
+        names = tuple(domains) if domains is not None else tuple(self.config.sets)
+        return {d: self.calibrator.calibrate(d, block_sizes, per_sample=True).per_sample
+                for d in names}  # fmt: skip
+
     def calibration_identity(self, domains: Sequence[str]) -> CalibrationIdentity:
         """What a plan records about its data: set names, sample counts, content hash."""
         done = {d: self.calibrator.calibrate(d) for d in domains}
@@ -199,28 +238,70 @@ class Planner:
             content_hash=content_hash([[d, c.fingerprint] for d, c in sorted(done.items())]),
         )
 
-    def _make(self, o: PruneOptions, stats: Mapping[str, LayerStatistics]) -> PrunePlan:
+    @staticmethod
+    def _greedy_key(o: PruneOptions) -> tuple:
+        """Options that share one greedy run: all but the budget (and the strategy, which a
+        greedy criterion's plan does not depend on)."""
+        return (o.criterion, *(v for k, v in sorted(o.cache_key().items())
+                               if k not in ("budget", "strategy")))  # fmt: skip
+
+    def _greedy_orders(self, options: Sequence[PruneOptions]) -> dict[tuple, tuple[int, ...]]:
+        """One run per greedy criterion and options, for the largest budget asked: the plan for
+        a smaller budget is a prefix of its removal order."""
+        n = self.identity.num_layers
+        largest: dict[tuple, PruneOptions] = {}
+        for o in options:
+            if get_criterion(o.criterion).greedy:
+                key = self._greedy_key(o)
+                if key not in largest or resolve_budget(o.budget, n) > resolve_budget(
+                    largest[key].budget, n
+                ):
+                    largest[key] = o
+        orders = {}
+        for key, o in largest.items():
+            scores = self._adaptive_scores(o)
+            if len(scores.order) != resolve_budget(o.budget, n):
+                raise ValueError(
+                    f"criterion {o.criterion!r} returned a removal order of {len(scores.order)} layers "
+                    f"for budget {o.budget!r}"
+                )
+            orders[key] = scores.order
+        return orders
+
+    def _adaptive_scores(self, o: PruneOptions) -> Scores:
+        n = self.identity.num_layers
+        crit = get_criterion(o.criterion)
+        domains = self.domains(o)
+
+        def measure(
+            domain: str, removed: tuple[int, ...] = (), outputs: bool = False
+        ) -> LayerStatistics:
+            if domain not in domains:
+                raise ValueError(
+                    f"criterion={o.criterion!r} measured domain {domain!r}, not among its "
+                    f"declared domains {domains}"
+                )
+            return self.calibrator.calibrate(domain, (), tuple(removed), outputs=outputs).stats
+
+        k = resolve_budget(o.budget, n)
+        scores = crit.adaptive(measure, n, k, o.criterion_options(n))
+        if len(scores.per_layer) != n:
+            raise ValueError(
+                f"criterion {o.criterion!r} returned {len(scores.per_layer)} scores for {n} layers"
+            )
+        return scores
+
+    def _make(self, o: PruneOptions, stats: Mapping[str, LayerStatistics],
+              orders: Mapping[tuple, tuple[int, ...]] | None = None) -> PrunePlan:  # fmt: skip
         n = self.identity.num_layers
         crit = get_criterion(o.criterion)
         domains = self.domains(o)
         if crit.adaptive is None:
             scores = crit({d: stats[d] for d in domains}, n, o.criterion_options(n))
+        elif crit.greedy and orders and self._greedy_key(o) in orders:
+            scores = order_scores(orders[self._greedy_key(o)], resolve_budget(o.budget, n), n)
         else:
-
-            def measure(domain: str, removed: tuple[int, ...] = ()) -> LayerStatistics:
-                if domain not in domains:
-                    raise ValueError(
-                        f"criterion={o.criterion!r} measured domain {domain!r}, not among its "
-                        f"declared domains {domains}"
-                    )
-                return self.calibrator.calibrate(domain, (), tuple(removed)).stats
-
-            k = resolve_budget(o.budget, n)
-            scores = crit.adaptive(measure, n, k, o.criterion_options(n))
-            if len(scores.per_layer) != n:
-                raise ValueError(
-                    f"criterion {o.criterion!r} returned {len(scores.per_layer)} scores for {n} layers"
-                )
+            scores = self._adaptive_scores(o)
         return select(
             self.identity, scores, o, self.calibration_identity(domains), self.config.tokens
         )

@@ -46,7 +46,7 @@ def accuracy_vs_budget(
     records: Sequence[Mapping], groups: Mapping[str, str], out: str | Path, title: str = ""
 ) -> Path:
     """One panel per task group (``{column: label}``), one line per method; the unpruned model is
-    budget 0 of every line."""
+    budget 0 of every line. Records with ``{column}_ci`` intervals get a shaded band."""
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.6), squeeze=False)
     base = {r["model"]: r for r in records if r["budget"] == 0}
     methods = sorted({r["method"] for r in records if r["budget"] != 0})
@@ -63,6 +63,15 @@ def accuracy_vs_budget(
             style = "--" if spaced[m] else "-"
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m,
                     color=colors[m])  # fmt: skip
+            band = sorted(
+                (r["budget"], *r[f"{col}_ci"])
+                for r in records
+                if r["method"] == m and r.get(f"{col}_ci")
+            )
+            band = [(0, *b[f"{col}_ci"]) for b in base.values() if b.get(f"{col}_ci")][:1] + band
+            if band:  # the bootstrap interval of each point
+                ax.fill_between([p[0] for p in band], [p[1] for p in band], [p[2] for p in band],
+                                color=colors[m], alpha=0.1, linewidth=0)  # fmt: skip
         ax.set_title(label)
         ax.set_xlabel("layers removed (budget)")
         ax.set_ylabel("accuracy (%)")
@@ -70,6 +79,35 @@ def accuracy_vs_budget(
     axes[0][-1].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)
+
+
+def plan_stability(
+    frequency: Mapping[str, Sequence[float]],
+    agreement: Mapping[str, float],
+    out: str | Path,
+    title: str = "",
+) -> Path:
+    """Heat map: per criterion (rows) how often each layer (columns) is removed over bootstrap
+    resamples of the calibration samples; the row label carries the mean Jaccard agreement."""
+    names = list(frequency)
+    n = max((len(v) for v in frequency.values()), default=0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * n + 3), 0.45 * len(names) + 1.6))
+    data = [list(frequency[c]) for c in names]
+    im = ax.imshow(data, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    for r, row in enumerate(data):
+        for c, v in enumerate(row):
+            if v > 0:
+                ax.text(c, r, f"{v:.2f}".lstrip("0"), ha="center", va="center", fontsize=7,
+                        color="white" if v > 0.6 else "black")  # fmt: skip
+    ax.set_yticks(range(len(names)), [f"{c} (J={agreement[c]:.2f})" for c in names])
+    ax.set_xticks(range(n))
+    ax.set_xlabel("decoder layer")
+    ax.set_title(title or "how often each layer is removed over bootstrap resamples")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -145,6 +145,36 @@ def task_metrics(results: dict) -> dict[str, dict[str, float]]:
     return out
 
 
+def document_scores(results: dict) -> dict[str, dict]:
+    """Per leaf task, the headline metric of every evaluated document (from the logged samples):
+    ``{task: {"metric": "exact_match,none", "doc_ids": [...], "values": [...]}}``, by doc id.
+
+    A task whose samples do not carry that metric as a number is left out (its score stays
+    in ``metrics``; the report then has no interval for it)."""
+    from .report import primary_metric
+
+    out = {}
+    samples = results.get("samples") or {}
+    for task, metrics in task_metrics(results).items():
+        if not metrics or task not in samples:
+            continue
+        name = primary_metric(metrics)[0]
+        metric, _, filt = name.partition(",")
+        values = {}
+        for sample in samples[task]:
+            if filt and sample.get("filter", filt) != filt:
+                continue
+            v = sample.get(metric)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                values = None
+                break
+            values[int(sample["doc_id"])] = float(v)
+        if values:
+            ids = sorted(values)
+            out[task] = {"metric": name, "doc_ids": ids, "values": [values[i] for i in ids]}
+    return out
+
+
 def run_sweep(
     lm,
     cells: Sequence[Cell],
@@ -198,7 +228,8 @@ def run_sweep(
         row = {
             "model": model_name, "criterion": cell.criterion, "strategy": cell.strategy, "budget": cell.budget,
             "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
-            "limit": limit, "metrics": task_metrics(res), "scores": list(plan.scores),
+            "limit": limit, "metrics": task_metrics(res), "per_doc": document_scores(res),
+            "scores": list(plan.scores),
             "calibration": plan.to_dict()["calibration"],
         }  # fmt: skip
         with out.open("a") as f:

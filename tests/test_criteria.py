@@ -58,9 +58,11 @@ def test_shortgpt_pools_tokens_across_domains():
 
 def test_angular_blocks_from_captured_distances():
     s = stats([0.5, 0.9, 0.7, 0.2], angular={1: [0.4, 0.1, 0.2, 0.6], 2: [0.3, 0.05, 0.5]})
-    out = get_criterion("angular")({"math": s}, 4, CriterionOptions(block_sizes=(2,)))
+    opts = CriterionOptions(block_sizes=(2,), angular_tokens="all")
+    out = get_criterion("angular")({"math": s}, 4, opts)
     assert out.per_layer == pytest.approx((0.6, 0.9, 0.8, 0.4))
-    assert out.blocks[2] == pytest.approx((0.7, 0.95, 0.5))
+    # The block from layer 0 is never a candidate (PruneMe's blocks start at layer 1).
+    assert out.blocks[2] == pytest.approx((-math.inf, 0.95, 0.5))
 
 
 def test_angular_without_n1_uses_each_layers_own_angle():
@@ -94,7 +96,8 @@ def test_alpha_outside_unit_interval_is_rejected(alpha):
 
 def test_unknown_criterion_lists_registered_names():
     with pytest.raises(
-        ValueError, match="criterion='nope' is not registered; choose one of: angular, last, math"
+        ValueError,
+        match="criterion='nope' is not registered; choose one of: angular, func_math, .*, last, math",
     ):
         get_criterion("nope")
 

@@ -50,10 +50,9 @@ def test_task_code_imports(task_manager, name):
 
 def test_the_project_names_its_tasks():
     assert "README.md" in NAMES["mathvista_testmini"]  # the headline command
-    assert NAMES["wemath_testmini_reasoning"] == [
-        "examples/recipes/study.sh",  # --tasks "$MATH_TASKS,..." after sourcing tasks.sh
-        "examples/recipes/tasks.sh",  # MATH_TASKS=...
-    ]
+    assert {"examples/recipes/study.sh", "examples/recipes/tasks.sh"} <= set(
+        NAMES["wemath_testmini_reasoning"]
+    )  # study.sh: --tasks "$MATH_TASKS,..." after sourcing tasks.sh; tasks.sh: MATH_TASKS=...
     assert "examples/ci/leaderboard.yml" in NAMES["prune_demo_math"]  # the sweep's default
     assert "calibration set gqa" in NAMES["gqa"]
     unresolved = {n: s for n, s in NAMES.items() if UNRESOLVED in n or not NAME.match(n)}
