@@ -89,11 +89,14 @@ def closest(name: str, choices: Iterable[str]) -> str:
 
 
 def check_writable(name: str, path: str | os.PathLike) -> Path:
-    """``path`` can be created or written: its nearest existing ancestor is a writable folder."""
+    """``path`` can be created or written: its nearest existing ancestor is a writable folder
+    (a file on the way makes that impossible, even for root)."""
     target = Path(path).expanduser()
-    probe = target.parent if not target.exists() or not target.is_dir() else target
+    probe = target
     while not probe.exists():
         probe = probe.parent
+    if probe == target and target.is_file():
+        probe = target.parent  # the file itself is what will be replaced
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(
             f"{name}={str(path)!r} is not allowed: {str(probe)!r} is not a writable folder"

@@ -111,14 +111,23 @@ class CalibrationConfig:
 
 
 def _parse_cache(value: object) -> tuple[bool, str | None]:
-    """``plan_cache``: a boolean (default folder or off) or a folder that is a folder."""
+    """``plan_cache``: a boolean (default folder or off), none (off), or a folder path."""
     if value is None:
         return True, None
+    if is_none(value):
+        return False, None
     try:
         return parse_bool("plan_cache", value), None
     except ValueError:
         pass
-    path = Path(str(value)).expanduser()
+    text = str(value)
+    path = Path(text).expanduser()
+    if not path.exists() and "/" not in text and not text.startswith("~"):
+        # A bare word that is no boolean is more likely a typo than a new folder in the cwd.
+        raise ValueError(
+            f"plan_cache={value!r} is not allowed; give true, false or a cache folder path "
+            f"(./{text} for a new folder here)"
+        )
     if path.exists() and not path.is_dir():
         raise ValueError(
             f"plan_cache={value!r} is not allowed: it is a file; give true, false or a cache folder"

@@ -33,6 +33,24 @@ def _parse_model_args(s: str) -> dict:
     return simple_parse_args_string(s) if s else {}
 
 
+def _add_prune_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaults) -> None:
+    """One ``--name`` per prune option (the fields of PruneOptions); parsed strictly later."""
+    from .planner import prune_option_names
+
+    g = p.add_argument_group("prune options (as pruned_vlm's model_args; see lmms-prune list)")
+    for name in prune_option_names():
+        if name not in skip:
+            g.add_argument(f"--{name}", default=defaults.get(name))
+
+
+def _prune_given(a, skip: tuple[str, ...] = ()) -> dict:
+    """The prune options given as flags (or with a subcommand default)."""
+    from .planner import prune_option_names
+
+    return {n: getattr(a, n) for n in prune_option_names()
+            if n not in skip and getattr(a, n, None) is not None}  # fmt: skip
+
+
 CALIB_FLAGS = ("calib_math", "calib_nonmath", "calib_limit", "include_path", "tokens", "plan_cache")
 
 
@@ -110,16 +128,14 @@ def cmd_rank(a) -> int:
     names = _rank_criteria(a.criteria)
     if a.bootstrap and a.bootstrap < 2:
         raise ValueError(f"bootstrap={a.bootstrap!r} is not allowed; give 0 (off) or at least 2")
+    given = _prune_given(a, skip=("criterion", "budget"))
+    PruneOptions.parse(**given)  # bad values fail before the model is loaded
     lm = _load(a, budget=0)
     planner, n = lm.planner, lm.identity.num_layers
-    k = resolve_budget(a.budget, n)
+    k = resolve_budget(PruneOptions.parse(budget=a.budget).budget, n)
     options = {}
     for name in names:
-        opts = PruneOptions(
-            criterion=name, budget=k, strategy=a.strategy, alpha=a.alpha, seed=a.seed,
-            final_norm=a.final_norm, angular_tokens=a.angular_tokens, step=a.step,
-            candidates=a.candidates,
-        )  # fmt: skip
+        opts = PruneOptions.parse(**given, criterion=name, budget=k)
         try:
             planner.check(opts)
         except ValueError as err:  # e.g. a criterion reading a domain that is not calibrated
@@ -159,6 +175,7 @@ def cmd_rank(a) -> int:
 def _rank_bootstrap(a, lm, options: dict, k: int, out: Path) -> None:
     import json
 
+    from .planner import PruneOptions
     from .plots import plan_stability
     from .plugins import get_criterion
     from .stability import bootstrap_plans
@@ -175,7 +192,8 @@ def _rank_bootstrap(a, lm, options: dict, k: int, out: Path) -> None:
     n = lm.identity.num_layers
     blocks = tuple(sorted({b for o in chosen.values() for b in o.block_sizes(n)}))
     samples = planner.sample_statistics(block_sizes=blocks)
-    found = bootstrap_plans(lm.identity, samples, list(chosen.values()), a.bootstrap, a.seed)
+    seed = PruneOptions.parse(seed=a.seed if a.seed is not None else 0).seed
+    found = bootstrap_plans(lm.identity, samples, list(chosen.values()), a.bootstrap, seed)
     sizes = ", ".join(f"{len(v)} {d}" for d, v in samples.items())
     print(f"\nplan stability at budget {k}: {a.bootstrap} bootstrap resamples of the calibration "
           f"samples ({sizes}); J = mean Jaccard agreement of removed sets")  # fmt: skip
@@ -210,14 +228,7 @@ def cmd_export(a) -> int:
         plan = PrunePlan.load(a.plan)
         pretrained = margs.get("pretrained") or plan.model.name_or_path
     else:
-        lm = _load(
-            a,
-            criterion=a.criterion,
-            budget=a.budget,
-            strategy=a.strategy,
-            alpha=a.alpha,
-            seed=a.seed,
-        )
+        lm = _load(a, **_prune_given(a))
         plan, pretrained = lm.plan, lm.pretrained
         del lm
         gc.collect()
@@ -232,7 +243,8 @@ def cmd_sweep(a) -> int:
     from lmms_eval.tasks import TaskManager
 
     from .calibration import CalibrationConfig
-    from .sweep import check_out, check_tasks, plan_cells, run_sweep
+    from .planner import PruneOptions
+    from .sweep import SWEPT, check_out, check_tasks, plan_cells, run_sweep
 
     check_out(Path(a.out))  # before loading anything: a folder, unwritable, or malformed rows
     tasks = _csv(a.tasks)
@@ -242,6 +254,8 @@ def cmd_sweep(a) -> int:
     check_tasks(tasks, tm)
     strategies = [None if s == "default" else s for s in _csv(a.strategies)]
     cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
+    common = _prune_given(a, skip=SWEPT)
+    PruneOptions.parse(**common)  # bad values fail before the model is loaded
     lm = _load(a, budget=0)
     summary = run_sweep(
         lm,
@@ -250,8 +264,7 @@ def cmd_sweep(a) -> int:
         tm,
         a.out,
         limit=a.limit,
-        alpha=a.alpha,
-        min_gap=a.min_gap,
+        options=common,
     )
     print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
           f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
@@ -349,27 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         "rank", help="calibrate once; per-layer similarities and each criterion's ranking"
     )
     _model_options(r)
-    r.add_argument("--budget", type=_budget, default=4)
-    r.add_argument("--strategy", default=None)
-    r.add_argument("--alpha", type=float, default=0.5)
-    r.add_argument("--seed", type=int, default=0, help="random criterion and bootstrap seed")
+    _add_prune_flags(r, skip=("criterion",), budget="4")
     r.add_argument(
         "--criteria",
         default=None,
         help="comma list, or 'all' (default: every criterion scored from one calibration pass; "
         "'all' adds the greedy iter_* and func_* ones, which re-calibrate)",
-    )
-    r.add_argument(
-        "--final_norm",
-        action="store_true",
-        help="compare the last layer with the post-final-norm state (ShortGPT/PruneMe code)",
-    )
-    r.add_argument(
-        "--angular_tokens", choices=["last", "all"], default="last", help="angular: default last"
-    )
-    r.add_argument("--step", type=int, default=1, help="iter_*: layers removed per re-calibration")
-    r.add_argument(
-        "--candidates", type=int, default=8, help="func_*: layers tried per removal (0 = all)"
     )
     r.add_argument(
         "--bootstrap",
@@ -382,11 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a pruned checkpoint that plain transformers loads")
     _model_options(e)
-    e.add_argument("--criterion", default="math")
-    e.add_argument("--budget", type=_budget, default=4)
-    e.add_argument("--strategy", default=None)
-    e.add_argument("--alpha", type=float, default=0.5)
-    e.add_argument("--seed", type=int, default=0)
+    _add_prune_flags(e, budget="4")
     e.add_argument("--plan", default=None, help="apply this plan file instead of calibrating")
     e.add_argument("--out", required=True)
     e.add_argument("--force", action="store_true", help="replace a different export in --out")
@@ -405,8 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budgets", default="0,2,4,6,8")
     s.add_argument("--tasks", default="prune_demo_math,prune_demo_nonmath")
     s.add_argument("--limit", type=int, default=None)
-    s.add_argument("--alpha", type=float, default=0.5)
-    s.add_argument("--min_gap", type=int, default=2)
+    _add_prune_flags(s, skip=("criterion", "strategy", "budget"))  # given as lists above
     s.add_argument("--out", default="out/sweep.jsonl")
     s.set_defaults(fn=cmd_sweep)
 

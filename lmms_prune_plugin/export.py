@@ -92,7 +92,7 @@ def check_target(out: Path, plan: PrunePlan | None, force: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r} is not allowed: it is a file; give a folder")
-    check_writable("out", out.parent if not out.exists() else out)
+    check_writable("out", out)
     if not out.exists() or not any(out.iterdir()):
         return
     if not _is_ours(out):

@@ -24,6 +24,13 @@ from .strategies import StrategyOptions, check_budget, eligible_layers, resolve_
 BASELINE = "none"  # criterion and strategy of a budget-0 plan
 
 
+def prune_option_names() -> tuple[str, ...]:
+    """The names of every :class:`PruneOptions` field: model_args and CLI flags derive from them."""
+    from dataclasses import fields
+
+    return tuple(f.name for f in fields(PruneOptions))
+
+
 @dataclass(frozen=True)
 class PruneOptions:
     """Everything that decides which layers go, given the statistics. Validated on construction."""
@@ -40,6 +47,35 @@ class PruneOptions:
     angular_tokens: str = "last"  # angular: last token (Gromov et al.) or "all" selected tokens
     step: int = 1  # iterative criteria: layers removed per re-calibration
     candidates: int = 8  # output-aware criteria: layers tried per removal (0 = all)
+
+    @classmethod
+    def parse(cls, **raw) -> PruneOptions:
+        """From user-given values (model_args, CLI flags): each converted strictly by the type of
+        its default (``final_norm=yes`` is True, ``step=2.0`` is 2, ``step=two`` an error)."""
+        from dataclasses import fields
+
+        from .args import optional, parse_bool, parse_float, parse_int
+
+        defaults = {f.name: f.default for f in fields(cls)}
+        unknown = sorted(set(raw) - set(defaults))
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not a prune option; they are: {', '.join(defaults)}")
+        out = {}
+        for name, value in raw.items():
+            default = defaults[name]
+            if name == "strategy":
+                value = optional(value)
+            elif name == "budget" and isinstance(value, str):
+                value = parse_float("budget", value)
+                value = int(value) if value.is_integer() else value
+            elif isinstance(default, bool):
+                value = parse_bool(name, value)
+            elif isinstance(default, int) and name != "budget":
+                value = parse_int(name, value)
+            elif isinstance(default, float):
+                value = parse_float(name, value)
+            out[name] = value
+        return cls(**out)
 
     def __post_init__(self) -> None:
         crit = get_criterion(self.criterion)
@@ -77,6 +113,25 @@ class PruneOptions:
 
     def cache_key(self) -> dict:
         return asdict(self) | {"strategy": self.strategy_name}
+
+
+def check_options(options: PruneOptions, num_layers: int, sets: Mapping[str, str]) -> None:
+    """Budget against the layer count, calibration domains, and whether the strategy can pick
+    ``budget`` layers under its constraints (tried on neutral scores). Needs no model: the
+    loader calls it with the checkpoint config's depth before loading, the planner again after."""
+    k = resolve_budget(options.budget, num_layers)
+    if k == 0:
+        return
+    crit = get_criterion(options.criterion)
+    crit.resolve_domains(sets)
+    strategy = get_strategy(options.strategy_name)
+    if crit.greedy and strategy.uses_scores and strategy.name != "topk":
+        raise ValueError(
+            f"strategy={strategy.name!r} is not allowed with criterion={options.criterion!r}: a "
+            "greedy criterion removes layers in its own order, so it takes strategy=topk (or one "
+            "that ignores scores, such as uniform)"
+        )
+    strategy(Scores((0.0,) * num_layers), k, options.strategy_options())
 
 
 def unpruned_plan(model: ModelIdentity) -> PrunePlan:
@@ -155,24 +210,8 @@ class Planner:
         return get_criterion(options.criterion).resolve_domains(self.config.sets)
 
     def check(self, options: PruneOptions) -> None:
-        """Budget against the real layer count, domains, and whether the strategy can pick
-        ``budget`` layers under its constraints (tried on neutral scores)."""
-        n = self.identity.num_layers
-        k = resolve_budget(options.budget, n)
-        self.domains(options)
-        strategy = get_strategy(options.strategy_name)
-        if (
-            get_criterion(options.criterion).greedy
-            and strategy.uses_scores
-            and strategy.name != "topk"
-        ):
-            raise ValueError(
-                f"strategy={strategy.name!r} is not allowed with criterion={options.criterion!r}: a "
-                "greedy criterion removes layers in its own order, so it takes strategy=topk (or one "
-                "that ignores scores, such as uniform)"
-            )
-        if k:
-            strategy(Scores((0.0,) * n), k, options.strategy_options())
+        """Everything about ``options`` that can be known before calibrating (see check_options)."""
+        check_options(options, self.identity.num_layers, self.config.sets)
 
     # -- planning ---------------------------------------------------------------------------
     def plan_key(self, options: PruneOptions) -> str:

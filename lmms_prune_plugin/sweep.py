@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,6 +20,8 @@ from .layers import decoder_layers_removed
 from .planner import BASELINE, PruneOptions
 from .plugins import get_strategy
 
+SWEPT = ("criterion", "strategy", "budget")  # one value per cell; every other option is shared
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -27,8 +29,10 @@ class Cell:
     strategy: str
     budget: int | float
 
-    def key(self, model: str, tasks: Sequence[str], limit: int | None) -> str:
-        return json.dumps([model, self.criterion, self.strategy, self.budget, sorted(tasks), limit])
+    def key(self, model: str, tasks: Sequence[str], limit: int | None, settings: dict) -> str:
+        """What makes two rows the same measurement: a resumed sweep skips only those."""
+        return json.dumps([model, self.criterion, self.strategy, self.budget, sorted(tasks), limit,
+                           settings], sort_keys=True)  # fmt: skip
 
 
 @dataclass
@@ -182,8 +186,7 @@ def run_sweep(
     task_manager,
     out: str | Path,
     limit: int | None = None,
-    alpha: float = 0.5,
-    min_gap: int = 2,
+    options: dict | None = None,
 ) -> SweepSummary:
     """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``."""
     from lmms_eval.evaluator import simple_evaluate
@@ -193,27 +196,28 @@ def run_sweep(
     out = Path(out)
     lm.keep_loaded = True
     model_name = lm.pretrained
+    common = dict(options or {})
+    shared = {k: v for k, v in asdict(PruneOptions.parse(**common)).items() if k not in SWEPT}
+    cal = lm.calibration
+    settings = {"options": shared, "calibration": {"sets": dict(cal.sets), "limit": cal.limit,
+                                                    "tokens": cal.tokens}}  # fmt: skip
     done = {
-        Cell(r["criterion"], r["strategy"], r["budget"]).key(r["model"], r["tasks"], r.get("limit"))
+        Cell(r["criterion"], r["strategy"], r["budget"]).key(
+            r["model"], r["tasks"], r.get("limit"), r.get("settings", {})
+        )
         for r in check_out(out)
     }
-    todo = [c for c in cells if c.key(model_name, tasks, limit) not in done]
+    todo = [c for c in cells if c.key(model_name, tasks, limit, settings) not in done]
     n = lm.identity.num_layers
     # Every plan first, from one calibration pass per domain: a cell that cannot be planned
     # (say spaced beyond what min_gap allows) stops the sweep before any evaluation.
-    options = [
-        PruneOptions(
-            criterion=c.criterion,
-            strategy=c.strategy,
-            budget=c.budget,
-            alpha=alpha,
-            min_gap=min_gap,
-        )  # fmt: skip
+    per_cell = [
+        PruneOptions.parse(**common, criterion=c.criterion, strategy=c.strategy, budget=c.budget)
         if c.budget != 0
         else PruneOptions(criterion="last", budget=0)
         for c in todo
     ]
-    plans = lm.planner.plans(options)
+    plans = lm.planner.plans(per_cell)
     for cell, plan in tqdm(
         list(zip(todo, plans, strict=True)), desc="sweep", disable=not is_main()
     ):
@@ -230,7 +234,7 @@ def run_sweep(
             "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
             "limit": limit, "metrics": task_metrics(res), "per_doc": document_scores(res),
             "scores": list(plan.scores),
-            "calibration": plan.to_dict()["calibration"],
+            "calibration": plan.to_dict()["calibration"], "settings": settings,
         }  # fmt: skip
         with out.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -28,16 +28,20 @@ def pick_wrapper(config: dict) -> str:
     return WRAPPERS.get(config.get("model_type", ""), FALLBACK_WRAPPER)
 
 
-def build_wrapper(name: str, simple: bool, **kwargs: Any):
-    """Construct lmms-eval's wrapper ``name`` of the same kind (chat/simple) as ours."""
+def wrapper_class(name: str, simple: bool) -> type:
+    """lmms-eval's wrapper class ``name`` of the same kind (chat/simple) as ours; nothing loads."""
     from lmms_eval import models
 
     available = models.list_available_models(include_aliases=True)
     if name not in available or name == "pruned_vlm":
         choices = ", ".join(sorted(a for a in available if a != "pruned_vlm"))
         raise ValueError(f"base={name!r} is not an lmms-eval model; choose one of: {choices}")
-    cls = models.get_model(name, force_simple=simple)
-    return cls(**kwargs)
+    return models.get_model(name, force_simple=simple)
+
+
+def build_wrapper(name: str, simple: bool, **kwargs: Any):
+    """Construct lmms-eval's wrapper ``name`` (this loads the model)."""
+    return wrapper_class(name, simple)(**kwargs)
 
 
 def unwrap(model):

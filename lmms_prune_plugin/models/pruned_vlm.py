@@ -20,11 +20,10 @@ from ..cache import files_fingerprint, key, weights_fingerprint
 from ..calibration import DEFAULT_SETS, CalibrationConfig
 from ..distributed import is_main
 from ..plan import ModelIdentity, PrunePlan
-from ..planner import Planner, PruneOptions
+from ..planner import Planner, PruneOptions, check_options, prune_option_names
 from ..plugins import get_criterion
-from ..strategies import resolve_budget
 from . import results
-from .base import build_wrapper, pick_wrapper, read_config, unwrap
+from .base import build_wrapper, pick_wrapper, read_config, unwrap, wrapper_class
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -38,14 +37,6 @@ class PrunedVLM(lmms):
         self,
         pretrained: str | None = None,
         base: str | None = None,
-        criterion: str = "math",
-        budget: int | float = 0,
-        strategy: str | None = None,
-        alpha: float = 0.5,
-        seed: int = 0,
-        min_gap: int = 2,
-        protect_first: int = 0,
-        protect_last: int = 0,
         tokens: str = "all",
         calib_math: str = DEFAULT_SETS["math"],
         calib_nonmath: str = DEFAULT_SETS["nonmath"],
@@ -57,14 +48,15 @@ class PrunedVLM(lmms):
         plan_strict: bool | str = True,
         revision: str | None = None,
         trust_remote_code: bool | str = False,
-        **base_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
+        """Every :class:`PruneOptions` field is a model_arg too (criterion, budget, strategy,
+        alpha, ...); anything else goes to the base wrapper."""
         super().__init__()
         # Everything the arguments alone can tell is checked before the model is loaded.
-        self.options = PruneOptions(
-            criterion=criterion, budget=budget, strategy=optional(strategy), alpha=alpha,
-            seed=seed, min_gap=min_gap, protect_first=protect_first, protect_last=protect_last,
-        )  # fmt: skip
+        names = prune_option_names()
+        self.options = PruneOptions.parse(**{k: kwargs.pop(k) for k in names if k in kwargs})
+        base_kwargs = kwargs
         self.calibration = CalibrationConfig.parse(
             calib_math, calib_nonmath, calib_limit, tokens, include_path, plan_cache
         )
@@ -75,15 +67,15 @@ class PrunedVLM(lmms):
         cache = self.calibration.cache()
         if cache is not None and plan_file is None:
             cache.check_writable()
-        if plan_file is None and self.options.budget != 0:
-            get_criterion(self.options.criterion).resolve_domains(self.calibration.sets)
 
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
         self.pretrained, self.revision = pretrained, optional(revision)
         config = _read_checkpoint_config(self.pretrained, self.revision)
         depth = _text_depth(config)
-        if depth is not None:  # the loaded model is checked again, exactly, by the planner
-            resolve_budget(self.options.budget, depth)
+        if plan_file is None and depth is not None:  # checked again, exactly, after loading
+            check_options(self.options, depth, self.calibration.sets)
+        elif plan_file is None and self.options.budget != 0:
+            get_criterion(self.options.criterion).resolve_domains(self.calibration.sets)
         self.base_name = optional(base) or pick_wrapper(config)
         if trust:  # off unless the user turns it on; then the base wrapper gets it
             base_kwargs["trust_remote_code"] = True
@@ -183,8 +175,9 @@ class PrunedVLMSimple(PrunedVLM):
 
 
 #: The arguments ``pruned_vlm`` itself takes (everything else goes to the base wrapper).
-OWN_ARGS = tuple(
-    p for p in inspect.signature(PrunedVLM.__init__).parameters if p not in ("self", "base_kwargs")
+OWN_ARGS = (
+    *(p for p in inspect.signature(PrunedVLM.__init__).parameters if p not in ("self", "kwargs")),
+    *prune_option_names(),
 )
 
 
@@ -235,18 +228,16 @@ def _text_depth(config: dict) -> int | None:
 
 def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
     """An argument neither ours nor a named parameter of the base wrapper is a typo: name it."""
-    from lmms_eval import models
-
-    try:
-        cls = models.get_model(base, force_simple=simple)
-    except Exception:  # build_wrapper reports an unknown base with the list of choices
-        return
+    cls = wrapper_class(base, simple)  # an unknown base: the error lists the choices
     params = inspect.signature(cls.__init__).parameters
-    named = [
-        p
-        for p, v in params.items()
-        if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self"
-    ]
+    named = [p for p, v in params.items()
+             if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self"]  # fmt: skip
+    if "trust_remote_code" in kwargs and "trust_remote_code" not in named:
+        raise ValueError(
+            f"trust_remote_code=true is not allowed with base={base!r}: that wrapper loads the "
+            "checkpoint with its own classes and takes no remote code; drop it, or choose "
+            "base=hf_vlm to run the checkpoint's own code"
+        )
     unknown = [k for k in kwargs if k not in named]
     if unknown:
         k = unknown[0]
