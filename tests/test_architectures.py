@@ -172,3 +172,25 @@ def test_a_plugin_rule_for_the_field_makes_the_removal_exact(tmp_path):
     reloaded = type(model).from_pretrained(tmp_path, dtype=torch.float32).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, before)
+
+
+def test_qwen3_5_checkpoint_loads_in_lmms_evals_own_wrapper_and_generates(tmp_path):
+    from helpers import vlm_batch
+
+    from lmms_prune_plugin.models.base import build_wrapper
+    from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
+
+    path = save_arch_checkpoint("qwen3_5", tmp_path / "qwen3_5", num_layers=4)
+    wrapper = build_wrapper(
+        "qwen3_5", True, pretrained=str(path), **checkpoint_wrapper_kwargs("qwen3_5", path)
+    )
+    model = wrapper.model
+    assert type(model).__name__ == "Qwen3_5ForConditionalGeneration"
+    batch = vlm_batch(wrapper.processor)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) > 0
+    remove_decoder_layers_(model, [0, 2])
+    kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        cached = model.generate(**batch, use_cache=True, **kw)
+        uncached = model.generate(**batch, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)

@@ -260,3 +260,27 @@ def test_hf_vlm_scores_multiple_choice_by_loglikelihood(checkpoints):
         per_choice = [ll for ll, _ in lls[4 * doc : 4 * doc + 4]]
         assert all(math.isfinite(x) and x < 0 for x in per_choice)
         assert sum(math.exp(x) for x in per_choice) <= 1.0 + 1e-6  # distinct continuations
+
+
+@pytest.mark.slow
+def test_qwen3_vl_end_to_end_through_its_own_wrapper(tmp_path):
+    """The paper's architecture: a tiny Qwen3-VL through the real CLI and lmms-eval's qwen3_vl.
+
+    Its deepstack adds visual features to the hidden states after the first decoder layer (one
+    level here); every layer, that one included, must get a measured score.
+    """
+    import math
+
+    path = save_tiny_vlm("qwen3_vl", tmp_path / "qwen3vl", num_layers=6)
+    margs = {"pretrained": str(path), **CALIB, **wrapper_kwargs("qwen3_vl")}
+    margs |= {"criterion": "math", "budget": 2, "plan_cache": "false"}
+    results, proc = run_cli(margs, tmp_path / "out")
+    assert "base=qwen3_vl" in proc.stderr
+    plan = results["config"]["prune_plan"]
+    assert plan["model"]["model_type"] == "qwen3_vl" and plan["model"]["num_layers"] == 6
+    assert plan["kept_layers"] == 4 and len(plan["removed"]) == 2
+    assert plan["calibration"]["samples"] == {"math": 8}
+    # Mean cos(h_in, h_out) per layer: a layer never measured would score exactly 0.
+    assert len(plan["scores"]) == 6
+    assert all(math.isfinite(s) and 0.0 < s <= 1.0 for s in plan["scores"])
+    assert 0.0 <= results["results"]["prune_test_colours"]["exact_match,none"] <= 1.0

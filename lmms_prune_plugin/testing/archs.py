@@ -261,3 +261,79 @@ def text_batch(seed: int = 0, lengths: tuple[int, ...] = (9, 6)) -> dict[str, to
         ids[row, width - n :] = torch.randint(RESERVED, VOCAB, (n,), generator=g)
         mask[row, width - n :] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+#: Architectures :func:`save_arch_checkpoint` saves with a processor, for lmms-eval wrappers.
+CHECKPOINTS: tuple[str, ...] = ("qwen3_5",)
+
+
+def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int = 0):
+    """Save a tiny ``model_type`` model with a real processor and chat template under ``path``.
+
+    The vocabulary is the tiny byte-level BPE of :mod:`.tiny` with the architecture's special
+    tokens, so the processor and the model agree on every token id. Returns the folder.
+    """
+    from pathlib import Path
+
+    import transformers as tf
+
+    from .tiny import _QWEN3_TEMPLATE, _QWEN_TOKENS, _vocab_size, build_tokenizer
+
+    if model_type not in CHECKPOINTS:
+        raise ValueError(f"model_type={model_type!r} is not one of {', '.join(CHECKPOINTS)}")
+    tok = build_tokenizer(_QWEN_TOKENS)
+    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", _QWEN3_TEMPLATE
+    cfg = arch_config(model_type, num_layers, hidden_size=32)
+    text = cfg.get_text_config()
+    text.vocab_size = _vocab_size(tok)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_TOKENS}
+    for obj in (cfg, text):
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if hasattr(obj, key):
+                setattr(obj, key, getattr(tok, key))
+    cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
+    cfg.vision_start_token_id, cfg.vision_end_token_id = (
+        ids["<|vision_start|>"],
+        ids["<|vision_end|>"],
+    )
+    patch = cfg.vision_config.patch_size
+    factor = patch * 2
+    common = {
+        "size": {"shortest_edge": (2 * factor) ** 2, "longest_edge": (4 * factor) ** 2},
+        "patch_size": patch,
+        "merge_size": 2,
+        "temporal_patch_size": cfg.vision_config.temporal_patch_size,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
+    processor = tf.Qwen3VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(**common),
+        tokenizer=tok,
+        video_processor=tf.Qwen3VLVideoProcessor(**common),
+        chat_template=_QWEN3_TEMPLATE,
+    )
+    torch.manual_seed(seed)
+    model = auto_class(model_type).from_config(cfg, dtype=torch.float32).eval()
+    model.generation_config = tf.GenerationConfig(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def checkpoint_wrapper_kwargs(model_type: str, path) -> dict[str, Any]:
+    """lmms-eval ``model_args`` for a checkpoint of :func:`save_arch_checkpoint` on CPU."""
+    import json
+    from pathlib import Path
+
+    pre = json.loads((Path(path) / "processor_config.json").read_text())["image_processor"]
+    size = pre["size"]
+    return {
+        "device": "cpu",
+        "device_map": "cpu",
+        "min_pixels": size["shortest_edge"],
+        "max_pixels": size["longest_edge"],
+    }
