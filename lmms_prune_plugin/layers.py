@@ -307,7 +307,7 @@ def _unhandled(model: nn.Module, removal) -> str:
     n = getattr(cfg, "num_hidden_layers", None)
     names = []
     for k, v in vars(cfg).items():
-        if k.startswith("_") or k in removal.config_fields or k == "num_hidden_layers":
+        if k.startswith("_") or k in removal.handled or k == "num_hidden_layers":
             continue
         if "layer" in k or (
             isinstance(v, list | tuple)

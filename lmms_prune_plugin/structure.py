@@ -169,6 +169,7 @@ class Removal:
 
     edits: list[Edit] = field(default_factory=list)
     config_fields: dict[str, str] = field(default_factory=dict)  # field -> rule name
+    handled: set[str] = field(default_factory=set)  # config fields some rule answers for
 
     def config_edits(self, config) -> list[Edit]:
         return [e for e in self.edits if e.target is config]
@@ -270,6 +271,10 @@ def plan_config_edits(
                 continue
             if not rule.matches(key):
                 continue
+            if rule.kind != "values" or (
+                isinstance(value, list | tuple) and len(value) == num_layers
+            ):
+                removal.handled.add(key)
             if rule.kind == "interval" and rule.superseded_by:
                 if getattr(config, rule.superseded_by, None) is not None:
                     try:

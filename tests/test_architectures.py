@@ -194,3 +194,76 @@ def test_qwen3_5_checkpoint_loads_in_lmms_evals_own_wrapper_and_generates(tmp_pa
         cached = model.generate(**batch, use_cache=True, **kw)
         uncached = model.generate(**batch, use_cache=False, **kw)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("arch, removed", [("gemma4", [0, 3]), ("mllama", [0, 1])])
+def test_temporary_removal_restores_structure_heavy_models_exactly(arch, removed):
+    from lmms_prune_plugin.layers import decoder_layers_removed
+
+    model = build_arch_model(arch, num_layers=NUM_LAYERS)
+    batch = text_batch(seed=3)
+    config = model.config.to_dict()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = {n: dict(vars(m)) for n, m in model.named_modules() if n.endswith("language_model")}
+    with torch.no_grad():
+        full = model(**batch).logits
+    with decoder_layers_removed(model, removed):
+        assert len(find_decoder_layers(model)) == NUM_LAYERS - 2
+        assert model.config.to_dict() != config
+        with torch.no_grad():
+            pruned = model(**batch).logits
+    assert model.config.to_dict() == config
+    assert set(model.state_dict()) == set(state)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    for name, values in attrs.items():
+        module = model.get_submodule(name)
+        assert {k: v for k, v in vars(module).items() if not k.startswith("_")} == {
+            k: v for k, v in values.items() if not k.startswith("_")
+        }
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, full)
+    remove_decoder_layers_(model, removed)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, pruned)
+
+
+def test_capture_measures_gemma3n_main_altup_stream():
+    """Gemma3n layers carry (altup, batch, seq, hidden); the main stream is the one measured."""
+    from lmms_prune_plugin.similarity import masked_cosine_sum
+
+    model = build_arch_model("gemma3n", num_layers=4)
+    text = model.config.get_text_config()
+    batch = text_batch(seed=4)
+    layer = find_decoder_layers(model).layers[1]
+    seen = {}
+
+    def spy(module, args, output):
+        seen["in"], seen["out"] = args[0], output
+
+    handle = layer.register_forward_hook(spy)
+    with LayerCapture(model, tokens="all") as cap, torch.no_grad():
+        model(**batch)
+    handle.remove()
+    assert seen["in"].shape[0] == text.altup_num_inputs and seen["in"].dim() == 4
+    main = text.altup_active_idx
+    weight = batch["attention_mask"].to(torch.float64)
+    expected, _ = masked_cosine_sum(seen["in"][main], seen["out"][main], weight)
+    stats = cap.statistics()
+    assert stats.tokens == int(batch["attention_mask"].sum())
+    assert stats.cos_sum[1] == pytest.approx(float(expected), rel=1e-9)
+    other, _ = masked_cosine_sum(seen["in"][1 - main], seen["out"][1 - main], weight)
+    assert float(other) != pytest.approx(float(expected), rel=1e-6)
+
+
+def test_removing_a_gemma3n_kv_producer_is_refused_and_the_model_untouched():
+    """Layers 3-4 reuse the KV of the last earlier layer of their type; removing such a producer
+    would make a reload pick another one, so it is refused (removing a consumer is fine)."""
+    model = build_arch_model("gemma3n", num_layers=NUM_LAYERS)
+    config = model.config.to_dict()
+    with pytest.raises(RefusedRemoval, match=r"store_full_length_kv is False but a reload builds"):
+        remove_decoder_layers_(model, [2])
+    with pytest.raises(RefusedRemoval, match=r"does not build the model"):
+        remove_decoder_layers_(model, [1])  # the only full-attention producer
+    assert model.config.to_dict() == config and len(find_decoder_layers(model)) == NUM_LAYERS
+    remove_decoder_layers_(model, [4])
+    assert model.config.get_text_config().num_kv_shared_layers == 1

@@ -284,3 +284,27 @@ def test_qwen3_vl_end_to_end_through_its_own_wrapper(tmp_path):
     assert len(plan["scores"]) == 6
     assert all(math.isfinite(s) and 0.0 < s <= 1.0 for s in plan["scores"])
     assert 0.0 <= results["results"]["prune_test_colours"]["exact_match,none"] <= 1.0
+
+
+@pytest.mark.slow
+def test_gemma3_is_evaluated_through_lmms_evals_own_gemma3_wrapper(tmp_path):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
+
+    path = save_arch_checkpoint("gemma3", tmp_path / "gemma3", num_layers=4)
+    margs = {"pretrained": str(path), **CALIB, **checkpoint_wrapper_kwargs("gemma3", path)}
+    lm = PrunedVLM(**margs, criterion="math", budget=1, plan_cache=False)
+    assert lm.base_name == "gemma3" and type(lm.base).__name__ == "Gemma3"
+    assert len(lm.hf_model.model.language_model.layers) == 3
+    assert lm.calibration_forwards == 8
+    out = simple_evaluate(
+        model=lm,
+        tasks=["prune_test_colours"],
+        limit=2,
+        task_manager=TaskManager(include_path=TASKS),
+    )
+    assert 0.0 <= out["results"]["prune_test_colours"]["exact_match,none"] <= 1.0
+    assert out["config"]["prune_plan"]["removed"] == list(lm.plan.removed)

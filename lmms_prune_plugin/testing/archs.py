@@ -264,7 +264,27 @@ def text_batch(seed: int = 0, lengths: tuple[int, ...] = (9, 6)) -> dict[str, to
 
 
 #: Architectures :func:`save_arch_checkpoint` saves with a processor, for lmms-eval wrappers.
-CHECKPOINTS: tuple[str, ...] = ("qwen3_5",)
+CHECKPOINTS: tuple[str, ...] = ("gemma3", "qwen3_5")
+
+_GEMMA3_TOKENS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+# Gemma3 turns; an image content becomes <start_of_image>, which the processor expands.
+_GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+    "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<start_of_image>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 
 def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int = 0):
@@ -277,27 +297,76 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
 
     import transformers as tf
 
-    from .tiny import _QWEN3_TEMPLATE, _QWEN_TOKENS, _vocab_size, build_tokenizer
-
     if model_type not in CHECKPOINTS:
         raise ValueError(f"model_type={model_type!r} is not one of {', '.join(CHECKPOINTS)}")
-    tok = build_tokenizer(_QWEN_TOKENS)
-    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", _QWEN3_TEMPLATE
     cfg = arch_config(model_type, num_layers, hidden_size=32)
+    tok, processor = (_gemma3_processor if model_type == "gemma3" else _qwen3_5_processor)(cfg)
     text = cfg.get_text_config()
-    text.vocab_size = _vocab_size(tok)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_TOKENS}
     for obj in (cfg, text):
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if hasattr(obj, key):
                 setattr(obj, key, getattr(tok, key))
-    cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
-    cfg.vision_start_token_id, cfg.vision_end_token_id = (
-        ids["<|vision_start|>"],
-        ids["<|vision_end|>"],
+    torch.manual_seed(seed)
+    model = auto_class(model_type).from_config(cfg, dtype=torch.float32).eval()
+    model.generation_config = tf.GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
     )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _gemma3_processor(cfg):
+    import transformers as tf
+
+    from .tiny import _vocab_size, build_tokenizer
+
+    bpe = build_tokenizer(_GEMMA3_TOKENS)
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=bpe.backend_tokenizer,
+        pad_token="<pad>",
+        eos_token="<end_of_turn>",
+        bos_token="<bos>",
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+        chat_template=_GEMMA3_TEMPLATE,
+    )
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    cfg.mm_tokens_per_image = 4  # 4x4 patches pooled to 2x2
+    cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
+    cfg.image_token_id = tok.image_token_id
+    side = cfg.vision_config.image_size
+    processor = tf.Gemma3Processor(
+        image_processor=tf.Gemma3ImageProcessor(size={"height": side, "width": side}),
+        tokenizer=tok,
+        image_seq_length=cfg.mm_tokens_per_image,
+        chat_template=_GEMMA3_TEMPLATE,
+    )
+    return tok, processor
+
+
+def _qwen3_5_processor(cfg):
+    import transformers as tf
+
+    from .tiny import _QWEN3_TEMPLATE, _QWEN_TOKENS, _vocab_size, build_tokenizer
+
+    tok = build_tokenizer(_QWEN_TOKENS)
+    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", _QWEN3_TEMPLATE
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_TOKENS}
+    cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
+    cfg.vision_start_token_id = ids["<|vision_start|>"]
+    cfg.vision_end_token_id = ids["<|vision_end|>"]
     patch = cfg.vision_config.patch_size
-    factor = patch * 2
+    factor = patch * 2  # merge_size 2
     common = {
         "size": {"shortest_edge": (2 * factor) ** 2, "longest_edge": (4 * factor) ** 2},
         "patch_size": patch,
@@ -312,16 +381,7 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
         video_processor=tf.Qwen3VLVideoProcessor(**common),
         chat_template=_QWEN3_TEMPLATE,
     )
-    torch.manual_seed(seed)
-    model = auto_class(model_type).from_config(cfg, dtype=torch.float32).eval()
-    model.generation_config = tf.GenerationConfig(
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
-    )
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return tok, processor
 
 
 def checkpoint_wrapper_kwargs(model_type: str, path) -> dict[str, Any]:
@@ -329,11 +389,9 @@ def checkpoint_wrapper_kwargs(model_type: str, path) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    pre = json.loads((Path(path) / "processor_config.json").read_text())["image_processor"]
-    size = pre["size"]
-    return {
-        "device": "cpu",
-        "device_map": "cpu",
-        "min_pixels": size["shortest_edge"],
-        "max_pixels": size["longest_edge"],
-    }
+    kwargs: dict[str, Any] = {"device": "cpu", "device_map": "cpu"}
+    if model_type == "qwen3_5":
+        pre = json.loads((Path(path) / "processor_config.json").read_text())["image_processor"]
+        kwargs["min_pixels"] = pre["size"]["shortest_edge"]
+        kwargs["max_pixels"] = pre["size"]["longest_edge"]
+    return kwargs
