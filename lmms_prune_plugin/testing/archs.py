@@ -264,7 +264,7 @@ def text_batch(seed: int = 0, lengths: tuple[int, ...] = (9, 6)) -> dict[str, to
 
 
 #: Architectures :func:`save_arch_checkpoint` saves with a processor, for lmms-eval wrappers.
-CHECKPOINTS: tuple[str, ...] = ("gemma3", "qwen3_5")
+CHECKPOINTS: tuple[str, ...] = ("gemma3", "idefics2", "qwen3_5")
 
 _GEMMA3_TOKENS = [
     "<pad>",
@@ -300,7 +300,12 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
     if model_type not in CHECKPOINTS:
         raise ValueError(f"model_type={model_type!r} is not one of {', '.join(CHECKPOINTS)}")
     cfg = arch_config(model_type, num_layers, hidden_size=32)
-    tok, processor = (_gemma3_processor if model_type == "gemma3" else _qwen3_5_processor)(cfg)
+    builders = {
+        "gemma3": _gemma3_processor,
+        "idefics2": _idefics2_processor,
+        "qwen3_5": _qwen3_5_processor,
+    }
+    tok, processor = builders[model_type](cfg)
     text = cfg.get_text_config()
     for obj in (cfg, text):
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -353,6 +358,40 @@ def _gemma3_processor(cfg):
     return tok, processor
 
 
+def _idefics2_processor(cfg):
+    import transformers as tf
+
+    from .tiny import _IDEFICS_TEMPLATE, _vocab_size, build_tokenizer
+
+    bpe = build_tokenizer(
+        ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+    )
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=bpe.backend_tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<end_of_utterance>",
+        pad_token="<unk>",
+        extra_special_tokens={
+            "image_token": "<image>",
+            "image_boundary_token": "<fake_token_around_image>",
+        },
+        chat_template=_IDEFICS_TEMPLATE,
+    )
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    cfg.image_token_id = tok.image_token_id
+    cfg.perceiver_config.resampler_n_latents, cfg.perceiver_config.resampler_depth = 4, 1
+    side = cfg.vision_config.image_size
+    size = {"shortest_edge": side, "longest_edge": side}
+    processor = tf.Idefics2Processor(
+        image_processor=tf.Idefics2ImageProcessor(size=size, do_image_splitting=False),
+        tokenizer=tok,
+        image_seq_len=cfg.perceiver_config.resampler_n_latents,
+        chat_template=_IDEFICS_TEMPLATE,
+    )
+    return tok, processor
+
+
 def _qwen3_5_processor(cfg):
     import transformers as tf
 
@@ -390,6 +429,8 @@ def checkpoint_wrapper_kwargs(model_type: str, path) -> dict[str, Any]:
     from pathlib import Path
 
     kwargs: dict[str, Any] = {"device": "cpu", "device_map": "cpu"}
+    if model_type == "idefics2":
+        kwargs["dtype"] = "float32"  # the wrapper defaults to float16
     if model_type == "qwen3_5":
         pre = json.loads((Path(path) / "processor_config.json").read_text())["image_processor"]
         kwargs["min_pixels"] = pre["size"]["shortest_edge"]
