@@ -32,3 +32,11 @@ def locate_decoder_layers(model):
     from .layers import builtin_layers_path
 
     return builtin_layers_path(model)
+
+
+@hookimpl
+def register_layer_rules(register):
+    from .structure import BUILTIN_LAYER_RULES
+
+    for rule in BUILTIN_LAYER_RULES:
+        register(rule)

@@ -56,6 +56,16 @@ def image_token_ids(model: nn.Module) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _altup_streams(model: nn.Module) -> tuple[int, int] | None:
+    """(number of AltUp streams, index of the main one) for Gemma3n-style decoders, else None."""
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n, active = getattr(text, "altup_num_inputs", None), getattr(text, "altup_active_idx", 0)
+    if isinstance(n, int) and n > 1 and isinstance(active, int) and 0 <= active < n:
+        return n, active
+    return None
+
+
 def final_norm(model: nn.Module) -> nn.Module | None:
     """The norm the text decoder applies after its last layer (``norm`` next to ``layers``)."""
     norm = getattr(find_decoder_layers(model).owner, "norm", None)
@@ -121,7 +131,10 @@ class LayerCapture:
     ``tokens``: which positions count — all real tokens, text tokens, image tokens, or the last
     real token of each sample. Padding (attention_mask == 0) never counts. Only prefill forwards
     are measured: decode steps of ``generate`` are skipped. Hidden states must be
-    (batch, seq, hidden); any other layout is refused rather than measured wrongly.
+    (batch, seq, hidden), or Gemma3n's (altup, batch, seq, hidden) AltUp streams, of which the
+    main stream (``altup_active_idx``, the one the model predicts and corrects, and the only one
+    its output norm sees first) is measured; any other layout is refused rather than measured
+    wrongly.
 
     ``per_sample``: also keep one :class:`LayerStatistics` per sample (for bootstraps).
     ``record_answers``: fill :attr:`answers` with the answer-position log-probabilities.
@@ -155,6 +168,7 @@ class LayerCapture:
                 f"block_sizes={bad} are not allowed; each must be in [1, {self.num_layers}]"
             )
         self._image_ids = image_token_ids(model)
+        self._altup = _altup_streams(model)
         if tokens in ("text", "image") and not self._image_ids:
             raise ValueError(
                 f"tokens={tokens!r} is not allowed for {type(model).__name__}: its config names no "
@@ -264,14 +278,21 @@ class LayerCapture:
             return attn.bool()
         return torch.ones(shape, dtype=torch.bool)
 
+    def _measured(self, idx: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The (batch, seq, hidden) tensor measured at a layer; other layouts are refused."""
+        if hidden.dim() == 3:
+            return hidden
+        if hidden.dim() == 4 and self._altup and hidden.shape[0] == self._altup[0]:
+            return hidden[self._altup[1]]
+        altup = f" or ({self._altup[0]}, batch, seq, hidden) AltUp streams" if self._altup else ""
+        raise ValueError(
+            f"decoder layer {idx} of {type(self.model).__name__} receives hidden states of "
+            f"shape {tuple(hidden.shape)}; capture measures (batch, seq, hidden){altup} only. "
+            "Implement the 'locate_decoder_layers' hook to point at layers of that layout"
+        )
+
     def _start_forward(self, idx: int, hidden: torch.Tensor) -> None:
         """At the first layer of a measured forward: the token masks and per-sample buffers."""
-        if hidden.dim() != 3:
-            raise ValueError(
-                f"decoder layer {idx} of {type(self.model).__name__} receives hidden states of "
-                f"shape {tuple(hidden.shape)}; capture measures (batch, seq, hidden) only. Implement "
-                "the 'locate_decoder_layers' hook to point at layers of that layout"
-            )
         batch, seq = hidden.shape[:2]
         fwd = self._fwd
         masks = [
@@ -299,7 +320,7 @@ class LayerCapture:
             fwd = self._fwd
             if not fwd.active:
                 return
-            hidden = args[0] if args else kwargs["hidden_states"]
+            hidden = self._measured(idx, args[0] if args else kwargs["hidden_states"])
             if fwd.weight is None:
                 self._start_forward(idx, hidden)
             elif hidden.shape[:2] != fwd.weight.shape[1:]:
@@ -320,7 +341,7 @@ class LayerCapture:
             fwd = self._fwd
             if not fwd.active:
                 return
-            out = output[0] if isinstance(output, tuple | list) else output
+            out = self._measured(idx, output[0] if isinstance(output, tuple | list) else output)
             rows, finite = masked_cosine_rows(fwd.layer_input, out, fwd.weight[0])
             fwd.rows["cos"][idx] += rows
             self._bad[idx] |= ~finite

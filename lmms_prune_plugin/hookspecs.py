@@ -25,3 +25,8 @@ def register_calibration_sets(register):
 @hookspec(firstresult=True)
 def locate_decoder_layers(model):
     """Return the dotted path of the text-decoder ``ModuleList`` of ``model``, or None."""
+
+
+@hookspec
+def register_layer_rules(register):
+    """Register how layer structure is recorded in configs and modules: ``register(LayerRule(...))``."""

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from . import structure
+from .structure import Edit
+
 # Transformers 5.x layouts, most specific first.
 KNOWN_PATHS = (
     "model.language_model.layers",  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA(-OneVision), Gemma3, ...
@@ -115,33 +118,51 @@ def validate_removal(num_layers: int, indices: Iterable[int]) -> tuple[int, ...]
     return tuple(sorted(indices))
 
 
+def plan_removal(model: nn.Module, indices: Iterable[int]) -> structure.Removal:
+    """Every edit that removing ``indices`` makes, checked against the same class built on the
+    meta device from the edited config; nothing is changed. Raises
+    :class:`~.structure.RefusedRemoval` (a ``ValueError``) naming the architecture, the fields
+    and the hook when they differ."""
+    decoder = find_decoder_layers(model)
+    old = len(decoder.layers)
+    removed = validate_removal(old, indices)
+    removal = structure.Removal()
+    if not removed:
+        return removal
+    keep = [i for i in range(old) if i not in set(removed)]
+    configs = text_configs(model, decoder)
+    arch = _arch(model)
+    rules = structure.get_layer_rules()
+    for config in configs:
+        structure.plan_config_edits(config, old, keep, rules, arch, removal)
+    reference = _reference(model, removal, removed)
+    rename = _renamer(decoder.path, keep)
+    types = structure.model_types(*configs, getattr(model, "config", None))
+    modules = dict(reference.named_modules(remove_duplicate=False))
+    structure.plan_module_edits(model, modules, rename, old, keep, rules, types, arch, removal)
+    for new_idx, i in enumerate(keep):
+        for name, module in decoder.layers[i].named_modules():
+            if isinstance(getattr(module, "layer_idx", None), int) and module.layer_idx != new_idx:
+                what = f"{decoder.path}.{i}.{name}.layer_idx".replace("..", ".")
+                removal.edits.append(Edit(module, "layer_idx", new_idx, module.layer_idx, what))
+    kept = nn.ModuleList([decoder.layers[i] for i in keep])
+    attr = decoder.path.rsplit(".", 1)[-1]
+    removal.edits.append(Edit(decoder.owner, attr, kept, decoder.layers, decoder.path))
+    _verify(model, reference, rename, removed, removal)
+    return removal
+
+
 def remove_decoder_layers_(model: nn.Module, indices: Iterable[int]) -> tuple[int, ...]:
     """Remove the given text-decoder layers from ``model`` in place; returns the removed indices.
 
     Rebuilds the ModuleList, renumbers every ``layer_idx`` (the KV cache is indexed by it) and
-    slices each per-layer list of the text config, so the result is an ordinary smaller model.
+    carries the layer structure of the config and modules along (see :mod:`.structure`), so the
+    result is an ordinary smaller model. The edits are checked first against the same class
+    built on the meta device from the edited config; on any difference nothing is changed.
     """
     decoder = find_decoder_layers(model)
-    old = len(decoder.layers)
-    removed = validate_removal(old, indices)
-    if not removed:
-        return removed
-    configs = text_configs(model, decoder)
-    keep = [i for i in range(old) if i not in set(removed)]
-
-    kept_layers = [decoder.layers[i] for i in keep]
-    for new_idx, layer in enumerate(kept_layers):
-        for module in layer.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_idx
-    setattr(decoder.owner, decoder.path.rsplit(".", 1)[-1], nn.ModuleList(kept_layers))
-
-    for config in configs:
-        for key, value in list(vars(config).items()):
-            # Per-layer lists are named after layers (layer_types, no_rope_layers, ...).
-            if "layer" in key and isinstance(value, list | tuple) and len(value) == old:
-                setattr(config, key, type(value)(value[i] for i in keep))
-        config.num_hidden_layers = len(keep)
+    removed = validate_removal(len(decoder.layers), indices)
+    structure.apply(plan_removal(model, removed).edits)
     return removed
 
 
@@ -149,28 +170,173 @@ def remove_decoder_layers_(model: nn.Module, indices: Iterable[int]) -> tuple[in
 def decoder_layers_removed(model: nn.Module, indices: Iterable[int]):
     """Remove layers for the duration of the block, then put the original decoder back.
 
-    Lets a sweep evaluate many plans on one loaded model: the removed modules are kept, and
-    the list, every ``layer_idx`` and the text config are restored exactly.
+    Lets a sweep evaluate many plans on one loaded model: every edit keeps what it replaced
+    (the removed modules, each ``layer_idx``, config fields, weight tables), and the edits are
+    undone in reverse order.
     """
-    decoder = find_decoder_layers(model)
-    configs = text_configs(model, decoder)
-    saved_cfg = [
-        {k: v for k, v in vars(c).items() if k == "num_hidden_layers" or "layer" in k}
-        for c in configs
-    ]
-    saved_idx = [
-        (m, m.layer_idx)
-        for layer in decoder.layers
-        for m in layer.modules()
-        if isinstance(getattr(m, "layer_idx", None), int)
-    ]
-    remove_decoder_layers_(model, indices)
+    removal = plan_removal(model, indices)
+    structure.apply(removal.edits)
     try:
         yield model
     finally:
-        setattr(decoder.owner, decoder.path.rsplit(".", 1)[-1], decoder.layers)
-        for m, idx in saved_idx:
-            m.layer_idx = idx
-        for c, values in zip(configs, saved_cfg, strict=True):
-            for k, v in values.items():
-                setattr(c, k, v)
+        structure.undo(removal.edits)
+
+
+# -- verification ----------------------------------------------------------------------------
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _arch(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    return f"{type(model).__name__} (model_type={getattr(cfg, 'model_type', None)!r})"
+
+
+def _plain_attrs(module: nn.Module) -> dict[str, object]:
+    """Public attributes of plain values: what a module copied from the config at init."""
+    out = {}
+    for k, v in vars(module).items():
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, _PLAIN) or (
+            isinstance(v, list | tuple) and all(isinstance(x, _PLAIN) for x in v)
+        ):
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _snapshot(model: nn.Module, rename=lambda n: n, edited=None) -> dict[str, dict]:
+    """Module types and plain attributes, parameter and buffer shapes, by (renamed) name."""
+    edited = edited or {}
+    modules, attrs, tensors = {}, {}, {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        new = rename(name)
+        if new is None:
+            continue
+        modules[new] = type(module).__name__
+        values = _plain_attrs(module)
+        for attr, value in edited.get(id(module), {}).items():
+            values[attr] = value
+        attrs[new] = values
+        for kind in ("parameters", "buffers"):
+            for pname, t in getattr(module, f"named_{kind}")(recurse=False):
+                shape = edited.get(id(module), {}).get(pname, t)
+                shape = tuple(shape.shape) if hasattr(shape, "shape") else shape
+                tensors[f"{new}.{pname}" if new else pname] = shape
+    return {"modules": modules, "attributes": attrs, "tensors": tensors}
+
+
+def _renamer(path: str, keep):
+    """Module/parameter name now -> name after keeping ``keep`` (None: removed)."""
+    prefix = path + "."
+    new_of = {old: new for new, old in enumerate(keep)}
+
+    def rename(name: str) -> str | None:
+        if not name.startswith(prefix):
+            return name
+        head, _, rest = name[len(prefix) :].partition(".")
+        if not head.isdigit():
+            return name
+        if int(head) not in new_of:
+            return None
+        return f"{prefix}{new_of[int(head)]}" + (f".{rest}" if rest else "")
+
+    return rename
+
+
+def _reference(model: nn.Module, removal, removed) -> nn.Module:
+    """``type(model)`` built on the meta device (no memory) from the edited config."""
+    import copy
+
+    import torch
+
+    arch = _arch(model)
+    if not hasattr(type(model), "_from_config") or getattr(model, "config", None) is None:
+        raise structure.RefusedRemoval(
+            f"{arch} is not a transformers model built from a config, so the removal cannot be "
+            "checked against a rebuilt model; refusing rather than risk a silent difference"
+        )
+    cfg = copy.deepcopy(model.config)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for edit in removal.edits:
+        if isinstance(edit.what, str) and edit.what.startswith("config."):
+            setattr(text, edit.attr, copy.deepcopy(edit.new))
+    try:
+        with torch.device("meta"):
+            return type(model)._from_config(cfg)
+    except Exception as err:  # any failure to build is a refusal, never a silent pass
+        raise structure.RefusedRemoval(
+            f"{arch}: removing layers {list(removed)} gives a config that does not build the "
+            f"model ({type(err).__name__}: {err}). {_fields_note(model, removal)}"
+        ) from err
+
+
+def _verify(model: nn.Module, reference: nn.Module, rename, removed, removal) -> None:
+    """Compare what ``model`` will hold after ``removal`` with ``reference``; refuse on any
+    difference in module types, plain module attributes, parameter or buffer names and shapes."""
+    edited: dict[int, dict] = {}
+    for e in removal.edits:
+        if isinstance(e.target, nn.Module):
+            edited.setdefault(id(e.target), {})[e.attr] = (
+                e.new if not isinstance(e.new, list | tuple) else list(e.new)
+            )
+    problems = _differences(_snapshot(model, rename, edited), _snapshot(reference))
+    if problems:
+        more = f" (and {len(problems) - 4} more)" if len(problems) > 4 else ""
+        raise structure.RefusedRemoval(
+            f"{_arch(model)}: removing layers {list(removed)} would give a model that differs "
+            "from the same class built from the edited config, so a saved copy would reload as "
+            f"another model: {'; '.join(problems[:4])}{more}. {_fields_note(model, removal)}"
+        )
+
+
+def _fields_note(model: nn.Module, removal) -> str:
+    return (
+        f"Config fields the rules changed: {_fields(removal)}; layer fields no rule handles: "
+        f"{_unhandled(model, removal)}. Nothing was changed; implement the "
+        "'register_layer_rules' hook (a LayerRule) for this architecture"
+    )
+
+
+def _fields(removal) -> str:
+    return ", ".join(f"{k} ({r})" for k, r in removal.config_fields.items()) or "none"
+
+
+def _unhandled(model: nn.Module, removal) -> str:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
+    cfg = cfg or model.config
+    n = getattr(cfg, "num_hidden_layers", None)
+    names = []
+    for k, v in vars(cfg).items():
+        if k.startswith("_") or k in removal.handled or k == "num_hidden_layers":
+            continue
+        if "layer" in k or (
+            isinstance(v, list | tuple)
+            and v
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and isinstance(n, int)
+            and max(v) < n
+        ):
+            names.append(f"{k}={v!r}")
+    return ", ".join(names) or "none"
+
+
+def _differences(expected: dict, got: dict) -> list[str]:
+    out = []
+    for name in sorted(set(expected["tensors"]) | set(got["tensors"])):
+        a, b = expected["tensors"].get(name), got["tensors"].get(name)
+        if a is None:
+            out.append(f"a reload would add {name} {list(b)}")
+        elif b is None:
+            out.append(f"a reload would drop {name} {list(a)}")
+        elif a != b:
+            out.append(f"{name} is {list(a)} but a reload builds {list(b)}")
+    for name in sorted(set(expected["modules"]) | set(got["modules"])):
+        a, b = expected["modules"].get(name), got["modules"].get(name)
+        if a != b:
+            out.append(f"module {name or '(root)'} is {a} but a reload builds {b}")
+        elif a is not None:
+            ea, ga = expected["attributes"][name], got["attributes"][name]
+            for attr in sorted(set(ea) & set(ga)):
+                if ea[attr] != ga[attr]:
+                    out.append(f"{name}.{attr} is {ea[attr]!r} but a reload builds {ga[attr]!r}")
+    return out

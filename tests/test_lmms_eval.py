@@ -330,3 +330,53 @@ def test_multiple_choice_through_the_cli_matches_a_direct_computation(checkpoint
         assert min(range(4), key=lambda i: losses[i]) == picked
         correct += picked == task_utils.doc_to_target(doc)
     assert results["results"]["prune_test_choice"]["acc,none"] == pytest.approx(correct / 8)
+
+
+@pytest.mark.slow
+def test_qwen3_vl_end_to_end_through_its_own_wrapper(tmp_path):
+    """The paper's architecture: a tiny Qwen3-VL through the real CLI and lmms-eval's qwen3_vl.
+
+    Its deepstack adds visual features to the hidden states after the first decoder layer (one
+    level here); every layer, that one included, must get a measured score.
+    """
+    import math
+
+    path = save_tiny_vlm("qwen3_vl", tmp_path / "qwen3vl", num_layers=6)
+    margs = {"pretrained": str(path), **CALIB, **wrapper_kwargs("qwen3_vl")}
+    margs |= {"criterion": "math", "budget": 2, "plan_cache": "false"}
+    results, proc = run_cli(margs, tmp_path / "out")
+    assert "base=qwen3_vl" in proc.stderr
+    plan = results["config"]["prune_plan"]
+    assert plan["num_layers"] == 6
+    assert plan["kept_layers"] == 4 and len(plan["removed"]) == 2
+    assert plan["calibration"]["samples"] == {"math": 8}
+    # Mean cos(h_in, h_out) per layer: a layer never measured would score exactly 0.
+    assert len(plan["scores"]) == 6
+    assert all(math.isfinite(s) and 0.0 < s <= 1.0 for s in plan["scores"])
+    assert 0.0 <= results["results"]["prune_test_colours"]["exact_match,none"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, wrapper", [("gemma3", "Gemma3"), ("idefics2", "Idefics2")])
+def test_architecture_is_evaluated_through_lmms_evals_own_wrapper(tmp_path, arch, wrapper):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    from lmms_prune_plugin.layers import find_decoder_layers
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
+
+    path = save_arch_checkpoint(arch, tmp_path / arch, num_layers=4)
+    margs = {"pretrained": str(path), **CALIB, **checkpoint_wrapper_kwargs(arch, path)}
+    lm = PrunedVLM(**margs, criterion="math", budget=1, plan_cache=False)
+    assert lm.base_name == arch and type(lm.base).__name__ == wrapper
+    assert len(find_decoder_layers(lm.hf_model)) == 3
+    assert lm.calibration_forwards == 8
+    out = simple_evaluate(
+        model=lm,
+        tasks=["prune_test_colours"],
+        limit=2,
+        task_manager=TaskManager(include_path=TASKS),
+    )
+    assert 0.0 <= out["results"]["prune_test_colours"]["exact_match,none"] <= 1.0
+    assert out["config"]["prune_plan"]["removed"] == list(lm.plan.removed)

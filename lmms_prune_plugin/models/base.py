@@ -12,6 +12,8 @@ WRAPPERS: dict[str, str] = {
     "llava_onevision": "llava_hf",
     "llava": "llava_hf",
     "llava_next": "llava_hf",
+    "gemma3": "gemma3",
+    "idefics2": "idefics2",
 }
 FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
 

@@ -1,0 +1,438 @@
+"""Tiny random models of every decoder-only image-text-to-text architecture tried with the surgery.
+
+Unlike :mod:`.tiny` (six architectures with real processors and tokenizers, for end-to-end
+runs), these are models only: each architecture's default config shrunk to a text decoder of
+``num_layers`` layers of width ``hidden_size``, a one-layer vision tower and a 256-token
+vocabulary, plus the layer structure that makes the architecture interesting (Llama4
+interleaved MoE, Qwen3-VL-MoE dense layers, Mllama cross-attention layers, Gemma3n KV sharing,
+...). Built from configs, offline, in well under a second each; fed with token ids.
+
+Example::
+
+    model = build_arch_model("llama4", num_layers=5)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedConfig, PreTrainedModel
+
+VOCAB = 256
+#: Token ids 0..RESERVED-1 are left to the special tokens (image, bos, eos, pad, ...).
+RESERVED = 16
+
+# model_type -> overrides of the text config (given num_layers), then of the top-level config.
+_TEXT: dict[str, Any] = {
+    "gemma3n": lambda n: {
+        "intermediate_size": [64] * n,
+        "activation_sparsity_pattern": [0.95] + [0.0] * (n - 1),
+        "layer_types": ["sliding_attention", "full_attention"] * (n // 2)
+        + ["full_attention"] * (n % 2),
+        "num_kv_shared_layers": 2,
+        "hidden_size_per_layer_input": 8,
+        "vocab_size_per_layer_input": VOCAB,
+        "laurel_rank": 4,
+        "sliding_window": 16,
+    },
+    "gemma4": lambda n: {
+        "layer_types": ["sliding_attention", "full_attention"] * (n // 2)
+        + ["full_attention"] * (n % 2),
+        "hidden_size_per_layer_input": 8,
+        "vocab_size_per_layer_input": VOCAB,
+        "global_head_dim": 32,  # full-attention layers differ: a per_layer_config
+        "num_kv_shared_layers": 2,
+        "sliding_window": 16,
+    },
+    "gemma3": lambda n: {"sliding_window": 16},
+    "llama4": lambda n: {
+        "interleave_moe_layer_step": 2,
+        "moe_layers": None,
+        "no_rope_layers": None,
+        "no_rope_layer_interval": 2,
+        "num_local_experts": 2,
+        "intermediate_size_mlp": 64,
+        "attention_chunk_size": 16,
+    },
+    "qwen3_vl_moe": lambda n: {"mlp_only_layers": [1, n - 1], "num_experts": 4},
+    "glm4v_moe": lambda n: {"first_k_dense_replace": 2, "n_routed_experts": 4},
+    "mllama": lambda n: {"cross_attention_layers": [1, n - 2]},
+    "qwen3_5": lambda n: {
+        "layer_types": ["linear_attention", "full_attention"] * (n // 2)
+        + ["full_attention"] * (n % 2),
+    },
+}
+
+_ARCHS = (
+    "aya_vision",
+    "gemma3",
+    "gemma3n",
+    "gemma4",
+    "glm4v",
+    "glm4v_moe",
+    "idefics2",
+    "idefics3",
+    "internvl",
+    "llama4",
+    "llava",
+    "llava_next",
+    "llava_onevision",
+    "mistral3",
+    "mllama",
+    "paligemma",
+    "phi4_multimodal",
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "qwen3_5",
+    "qwen3_vl",
+    "qwen3_vl_moe",
+    "smolvlm",
+)
+
+#: Every architecture :func:`build_arch_model` knows.
+ARCH_MODELS: tuple[str, ...] = _ARCHS
+
+# Their modeling code defaults the multimodal RoPE split to full-size head dims.
+_MROPE = ("qwen2_vl", "qwen2_5_vl", "glm4v", "glm4v_moe")
+
+# Text-config ints set whenever the config has them.
+_TEXT_SIZES = {
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 16,
+    "max_position_embeddings": 512,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "n_group": 1,
+    "topk_group": 1,
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 2,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+    "linear_conv_kernel_dim": 2,
+    "num_experts": 4,
+    "num_local_experts": 2,
+    "n_routed_experts": 4,
+    "altup_num_inputs": 2,
+}
+# Vision / audio tower ints set whenever the sub-config has them.
+_TOWER_SIZES = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_global_layers": 1,
+    "depth": 1,
+    "num_attention_heads": 2,
+    "num_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "embed_dim": 32,
+    "out_hidden_size": 32,
+    "projection_dim": 32,
+    "vision_output_dim": 32,
+    "image_size": 32,
+    "patch_size": 8,
+    "num_position_embeddings": 16,
+}
+
+
+def _shrink_tower(sub: PreTrainedConfig, text_hidden: int) -> None:
+    for key, value in _TOWER_SIZES.items():
+        if isinstance(getattr(sub, key, None), int) and not isinstance(getattr(sub, key), bool):
+            setattr(sub, key, value)
+    if isinstance(getattr(sub, "out_hidden_size", None), int):
+        sub.out_hidden_size = text_hidden
+    for key in ("deepstack_visual_indexes", "fullatt_block_indexes"):
+        if getattr(sub, key, None):
+            setattr(sub, key, [0])
+    if getattr(sub, "intermediate_layers_indices", None):
+        sub.intermediate_layers_indices = [0]
+
+
+def _fit_mrope(model_type: str, text: dict) -> None:
+    """Multimodal RoPE splits the rotary half of head_dim over (t, h, w): fit the split."""
+    rope = text.get("rope_parameters") or {}
+    if not rope.get("mrope_section") and model_type not in _MROPE:
+        return
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    half = int(head_dim * rope.get("partial_rotary_factor", 1.0)) // 2
+    sec = [half // 4, (half - half // 4) // 2]
+    rope["mrope_section"] = [sec[0], sec[1], half - sec[0] - sec[1]]
+    text["rope_parameters"] = rope
+
+
+def _fix_token_ids(cfg: PreTrainedConfig) -> None:
+    """Point every special token id outside the tiny vocabulary at a reserved low id."""
+    free = iter(range(1, RESERVED))
+    seen: dict[int, int] = {}
+
+    def remap(v):
+        if isinstance(v, int) and not isinstance(v, bool) and v >= RESERVED:
+            if v not in seen:
+                seen[v] = next(free)
+            return seen[v]
+        return v
+
+    for key, value in list(vars(cfg).items()):
+        if key.endswith(("token_id", "token_index", "token_ids")):
+            new = [remap(v) for v in value] if isinstance(value, list) else remap(value)
+            setattr(cfg, key, new)
+
+
+def arch_config(model_type: str, num_layers: int = 5, hidden_size: int = 32) -> PreTrainedConfig:
+    """The default config of ``model_type`` shrunk as described in the module docstring."""
+    from transformers import AutoConfig
+
+    if model_type not in ARCH_MODELS:
+        raise ValueError(f"model_type={model_type!r} is not one of {', '.join(ARCH_MODELS)}")
+    cfg = AutoConfig.for_model(model_type)
+    text = cfg.get_text_config()
+    text_kwargs = {
+        "vocab_size": VOCAB,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": num_layers,
+        **{k: v for k, v in _TEXT_SIZES.items() if k in text.to_dict()},
+        **_TEXT.get(model_type, lambda n: {})(num_layers),
+    }
+    text_dict = text.to_dict()
+    text_dict.update(text_kwargs)
+    for key in ("layer_types",):
+        if key not in _TEXT.get(model_type, lambda n: {})(num_layers):
+            text_dict.pop(key, None)  # recomputed for the new depth
+    text_dict.pop("per_layer_config", None)
+    _fit_mrope(model_type, text_dict)
+    text_dict.pop("full_attn_idxs", None)
+    new_text = type(text)(**{k: v for k, v in text_dict.items() if k != "model_type"})
+    if text is cfg:
+        cfg = new_text
+    else:
+        for key, value in vars(cfg).items():
+            if value is text:
+                setattr(cfg, key, new_text)
+    for value in list(vars(cfg).values()):
+        if isinstance(value, PreTrainedConfig) and value is not new_text:
+            _shrink_tower(value, hidden_size)
+    for obj in (cfg, new_text):
+        _fix_token_ids(obj)
+    if model_type == "gemma3n":
+        # A tiny timm test network instead of MobileNetV5-300M; the audio tower shrunk.
+        cfg.vision_config.architecture, cfg.vision_config.hidden_size = "test_vit", 64
+        audio = cfg.audio_config
+        audio.hidden_size, audio.conf_num_hidden_layers, audio.conf_num_attention_heads = 32, 1, 2
+        audio.input_feat_size, audio.sscp_conv_channel_size = 16, [8, 8]
+    for key in ("projector_hidden_size", "mm_hidden_size", "projection_dim"):
+        if isinstance(getattr(cfg, key, None), int):
+            setattr(cfg, key, hidden_size)
+    cfg.tie_word_embeddings = False
+    return cfg
+
+
+def build_arch_model(
+    model_type: str, num_layers: int = 5, hidden_size: int = 32, seed: int = 0
+) -> PreTrainedModel:
+    """A random ``model_type`` model (the real image-text-to-text class) from :func:`arch_config`."""
+    cfg = arch_config(model_type, num_layers, hidden_size)
+    torch.manual_seed(seed)
+    return auto_class(model_type).from_config(cfg, dtype=torch.float32).eval()
+
+
+def auto_class(model_type: str):
+    """The transformers Auto class that loads ``model_type``: image-text-to-text, else causal LM
+    (Phi-4-multimodal is registered only there)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
+def text_batch(seed: int = 0, lengths: tuple[int, ...] = (9, 6)) -> dict[str, torch.Tensor]:
+    """Left-padded token ids from the non-special part of the vocabulary, with their mask."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = torch.randint(RESERVED, VOCAB, (n,), generator=g)
+        mask[row, width - n :] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+#: Architectures :func:`save_arch_checkpoint` saves with a processor, for lmms-eval wrappers.
+CHECKPOINTS: tuple[str, ...] = ("gemma3", "idefics2", "qwen3_5")
+
+_GEMMA3_TOKENS = [
+    "<pad>",
+    "<eos>",
+    "<bos>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+]
+# Gemma3 turns; an image content becomes <start_of_image>, which the processor expands.
+_GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>"
+    "{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<start_of_image>{% elif c['type'] == 'text' %}{{ c['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int = 0):
+    """Save a tiny ``model_type`` model with a real processor and chat template under ``path``.
+
+    The vocabulary is the tiny byte-level BPE of :mod:`.tiny` with the architecture's special
+    tokens, so the processor and the model agree on every token id. Returns the folder.
+    """
+    from pathlib import Path
+
+    import transformers as tf
+
+    if model_type not in CHECKPOINTS:
+        raise ValueError(f"model_type={model_type!r} is not one of {', '.join(CHECKPOINTS)}")
+    cfg = arch_config(model_type, num_layers, hidden_size=32)
+    builders = {
+        "gemma3": _gemma3_processor,
+        "idefics2": _idefics2_processor,
+        "qwen3_5": _qwen3_5_processor,
+    }
+    tok, processor = builders[model_type](cfg)
+    text = cfg.get_text_config()
+    for obj in (cfg, text):
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if hasattr(obj, key):
+                setattr(obj, key, getattr(tok, key))
+    torch.manual_seed(seed)
+    model = auto_class(model_type).from_config(cfg, dtype=torch.float32).eval()
+    model.generation_config = tf.GenerationConfig(
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        do_sample=False,
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _gemma3_processor(cfg):
+    import transformers as tf
+
+    from .tiny import _vocab_size, build_tokenizer
+
+    bpe = build_tokenizer(_GEMMA3_TOKENS)
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=bpe.backend_tokenizer,
+        pad_token="<pad>",
+        eos_token="<end_of_turn>",
+        bos_token="<bos>",
+        extra_special_tokens={
+            "boi_token": "<start_of_image>",
+            "eoi_token": "<end_of_image>",
+            "image_token": "<image_soft_token>",
+        },
+        chat_template=_GEMMA3_TEMPLATE,
+    )
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    cfg.mm_tokens_per_image = 4  # 4x4 patches pooled to 2x2
+    cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
+    cfg.image_token_id = tok.image_token_id
+    side = cfg.vision_config.image_size
+    processor = tf.Gemma3Processor(
+        image_processor=tf.Gemma3ImageProcessor(size={"height": side, "width": side}),
+        tokenizer=tok,
+        image_seq_length=cfg.mm_tokens_per_image,
+        chat_template=_GEMMA3_TEMPLATE,
+    )
+    return tok, processor
+
+
+def _idefics2_processor(cfg):
+    import transformers as tf
+
+    from .tiny import _IDEFICS_TEMPLATE, _vocab_size, build_tokenizer
+
+    bpe = build_tokenizer(
+        ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+    )
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=bpe.backend_tokenizer,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<end_of_utterance>",
+        pad_token="<unk>",
+        extra_special_tokens={
+            "image_token": "<image>",
+            "image_boundary_token": "<fake_token_around_image>",
+        },
+        chat_template=_IDEFICS_TEMPLATE,
+    )
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    cfg.image_token_id = tok.image_token_id
+    cfg.perceiver_config.resampler_n_latents, cfg.perceiver_config.resampler_depth = 4, 1
+    side = cfg.vision_config.image_size
+    size = {"shortest_edge": side, "longest_edge": side}
+    processor = tf.Idefics2Processor(
+        image_processor=tf.Idefics2ImageProcessor(size=size, do_image_splitting=False),
+        tokenizer=tok,
+        image_seq_len=cfg.perceiver_config.resampler_n_latents,
+        chat_template=_IDEFICS_TEMPLATE,
+    )
+    return tok, processor
+
+
+def _qwen3_5_processor(cfg):
+    import transformers as tf
+
+    from .tiny import _QWEN3_TEMPLATE, _QWEN_TOKENS, _vocab_size, build_tokenizer
+
+    tok = build_tokenizer(_QWEN_TOKENS)
+    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", _QWEN3_TEMPLATE
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_TOKENS}
+    cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
+    cfg.vision_start_token_id = ids["<|vision_start|>"]
+    cfg.vision_end_token_id = ids["<|vision_end|>"]
+    patch = cfg.vision_config.patch_size
+    factor = patch * 2  # merge_size 2
+    common = {
+        "size": {"shortest_edge": (2 * factor) ** 2, "longest_edge": (4 * factor) ** 2},
+        "patch_size": patch,
+        "merge_size": 2,
+        "temporal_patch_size": cfg.vision_config.temporal_patch_size,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
+    processor = tf.Qwen3VLProcessor(
+        image_processor=tf.Qwen2VLImageProcessor(**common),
+        tokenizer=tok,
+        video_processor=tf.Qwen3VLVideoProcessor(**common),
+        chat_template=_QWEN3_TEMPLATE,
+    )
+    return tok, processor
+
+
+def checkpoint_wrapper_kwargs(model_type: str, path) -> dict[str, Any]:
+    """lmms-eval ``model_args`` for a checkpoint of :func:`save_arch_checkpoint` on CPU."""
+    import json
+    from pathlib import Path
+
+    kwargs: dict[str, Any] = {"device": "cpu", "device_map": "cpu"}
+    if model_type == "idefics2":
+        kwargs["dtype"] = "float32"  # the wrapper defaults to float16
+    if model_type == "qwen3_5":
+        pre = json.loads((Path(path) / "processor_config.json").read_text())["image_processor"]
+        kwargs["min_pixels"] = pre["size"]["shortest_edge"]
+        kwargs["max_pixels"] = pre["size"]["longest_edge"]
+    return kwargs
