@@ -171,7 +171,10 @@ def cmd_sweep(a) -> int:
     check_tasks(tasks, tm)
     strategies = [None if s == "default" else s for s in _csv(a.strategies)]
     cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
-    lm = _load(a, budget=0)
+    from .models.engine import deferred
+
+    with deferred():  # engine=vllm: plans come from the HF model, each cell's vLLM comes later
+        lm = _load(a, budget=0, engine=a.engine)
     summary = run_sweep(
         lm,
         cells,
@@ -181,6 +184,7 @@ def cmd_sweep(a) -> int:
         limit=a.limit,
         alpha=a.alpha,
         min_gap=a.min_gap,
+        engine=a.engine,
     )
     print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
           f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
@@ -296,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=float, default=0.5)
     s.add_argument("--min_gap", type=int, default=2)
     s.add_argument("--out", default="out/sweep.jsonl")
+    s.add_argument(
+        "--engine",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="evaluate each cell with transformers (hf) or with vLLM on the cell's export; "
+        "vLLM's arguments (tensor_parallel_size=, max_model_len=, ...) go in --model_args",
+    )
     s.set_defaults(fn=cmd_sweep)
 
     ls = sub.add_parser("list", help="every registered criterion, strategy and calibration set")
