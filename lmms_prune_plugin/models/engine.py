@@ -26,12 +26,11 @@ import importlib.util
 import inspect
 import json
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from loguru import logger
 
 from ..plan import PrunePlan
 
@@ -170,12 +169,17 @@ def cached_export(
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{out}.lock"):  # several processes of one run: one exports, the rest reuse
         if _holds(out, plan):
-            logger.info(f"lmms-prune: serving the cached export {out}")
+            _say(f"lmms-prune: serving the cached export {out}")
             return out
         export_pruned(pretrained, plan, out, force=True, revision=revision,
                       trust_remote_code=trust_remote_code)  # fmt: skip
-        logger.info(f"lmms-prune: exported the pruned checkpoint to {out}")
+        _say(f"lmms-prune: exported the pruned checkpoint to {out}")
     return out
+
+
+def _say(message: str) -> None:
+    # stderr, like pruned_vlm's plan line: lmms-eval sets loguru to WARNING on import
+    print(message, file=sys.stderr)
 
 
 def _holds(out: Path, plan: PrunePlan) -> bool:
@@ -232,9 +236,13 @@ def open_engine(
     """lmms-eval's ``vllm`` model on ``model_path`` with the user's vLLM arguments.
 
     ``dtype`` defaults to the checkpoint's stored one, as the Hugging Face wrappers load it
-    (vLLM's own ``auto`` would run a float32 checkpoint in 16 bits).
+    (vLLM's own ``auto`` would run a float32 checkpoint in 16 bits). The simple class puts the
+    images before the text (``image_first``), as lmms-eval's simple Hugging Face wrappers do;
+    its own default puts them after, which is another prompt.
     """
     defaults: dict[str, Any] = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+    if simple:
+        defaults["image_first"] = True
     dtype = stored_dtype(model_path)
     if dtype is not None:
         defaults["dtype"] = dtype
@@ -265,8 +273,8 @@ def serve_(lm) -> None:
     """Move a ``pruned_vlm``'s evaluation to vLLM on its plan's export (unless deferred)."""
     if is_deferred():
         return
+    release_hf_model(lm)  # first: the export loads the checkpoint once more
     path = cached_export(lm.pretrained, lm.plan, cache_dir(lm), lm.revision, lm.trust_remote_code)
-    release_hf_model(lm)
     served = open_engine(path, lm.is_simple, lm.engine_kwargs, lm.trust_remote_code)
     served.task_dict = lm.task_dict  # one dict: the evaluator fills it, the engine reads it
     lm.base = served
