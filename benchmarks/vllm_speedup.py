@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -91,24 +92,31 @@ def main(argv: list[str] | None = None) -> int:
     specs = {k: replace(base, num_layers=L - k) for k in [0, *removed]}
     tmp = Path(tempfile.mkdtemp(prefix="vllm-speedup-"))
     engines = {}
-    for k, spec in specs.items():
-        log(f"starting vLLM on {spec.num_layers} layers")
-        engines[k] = engine(write_config(spec, tmp / f"L{spec.num_layers}"), max(a.batches))
-    per_token: dict[int, dict[int, float]] = {b: {} for b in a.batches}
-    raw = {}
-    for b in a.batches:
-        batch_prompts = prompts(base, b)
-        variants = {}
-        for k, llm in engines.items():
-            generate(llm, batch_prompts, a.new_tokens)  # warm-up
-            for n in (1, a.new_tokens):
-                variants[f"k{k}_n{n}"] = lambda llm=llm, ps=batch_prompts, n=n: generate(llm, ps, n)
-        log(f"batch {b}: timing {len(variants)} variants x {a.reps}")
-        times = interleaved(variants, a.reps)
-        raw[b] = summarize(times)
-        for k in engines:
-            long, short = median(times[f"k{k}_n{a.new_tokens}"]), median(times[f"k{k}_n1"])
-            per_token[b][k] = (long - short) / (a.new_tokens - 1)
+    try:
+        for k, spec in specs.items():
+            log(f"starting vLLM on {spec.num_layers} layers")
+            engines[k] = engine(write_config(spec, tmp / f"L{spec.num_layers}"), max(a.batches))
+        per_token: dict[int, dict[int, float]] = {b: {} for b in a.batches}
+        raw = {}
+        for b in a.batches:
+            batch_prompts = prompts(base, b)
+            variants = {}
+            for k, llm in engines.items():
+                generate(llm, batch_prompts, a.new_tokens)  # warm-up
+                for n in (1, a.new_tokens):
+                    variants[f"k{k}_n{n}"] = lambda llm=llm, ps=batch_prompts, n=n: generate(
+                        llm, ps, n
+                    )
+            log(f"batch {b}: timing {len(variants)} variants x {a.reps}")
+            times = interleaved(variants, a.reps)
+            raw[b] = summarize(times)
+            for k in engines:
+                long, short = median(times[f"k{k}_n{a.new_tokens}"]), median(times[f"k{k}_n1"])
+                per_token[b][k] = (long - short) / (a.new_tokens - 1)
+    finally:  # stop every engine's processes, or the interpreter waits for them at exit
+        for llm in engines.values():
+            llm.llm_engine.engine_core.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
     rows = []
     share = fixed_share(base)
     for b in a.batches:
