@@ -91,7 +91,6 @@ class Leaderboard:
         return [
             "model",
             "method",
-            "engine",
             "criterion",
             "strategy",
             "budget",
@@ -103,6 +102,7 @@ class Leaderboard:
             *self.general_tasks,
             "general_avg",
             "overall",
+            "engine",  # hf or vllm: which engine produced the row
         ]
 
 
