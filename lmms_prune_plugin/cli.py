@@ -256,7 +256,10 @@ def cmd_sweep(a) -> int:
     cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
     common = _prune_given(a, skip=SWEPT)
     PruneOptions.parse(**common)  # bad values fail before the model is loaded
-    lm = _load(a, budget=0)
+    from .models.engine import deferred
+
+    with deferred():  # engine=vllm: plans come from the HF model, each cell's vLLM comes later
+        lm = _load(a, budget=0, engine=a.engine)
     summary = run_sweep(
         lm,
         cells,
@@ -265,6 +268,7 @@ def cmd_sweep(a) -> int:
         a.out,
         limit=a.limit,
         options=common,
+        engine=a.engine,
     )
     print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
           f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
@@ -401,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None)
     _add_prune_flags(s, skip=("criterion", "strategy", "budget"))  # given as lists above
     s.add_argument("--out", default="out/sweep.jsonl")
+    s.add_argument(
+        "--engine",
+        choices=["hf", "vllm"],
+        default="hf",
+        help="evaluate each cell with transformers (hf) or with vLLM on the cell's export; "
+        "vLLM's arguments (tensor_parallel_size=, max_model_len=, ...) go in --model_args",
+    )
     s.set_defaults(fn=cmd_sweep)
 
     ls = sub.add_parser("list", help="every registered criterion, strategy and calibration set")

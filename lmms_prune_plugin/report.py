@@ -125,6 +125,7 @@ class Leaderboard:
             "general_avg",
             "overall",
             *[f"{g}_ci" for g in GROUPS if any(f"{g}_ci" in r for r in self.records)],
+            "engine",  # hf or vllm: which engine produced the row
         ]
 
 
@@ -134,10 +135,13 @@ def leaderboard(rows: list[dict], math_tasks: Sequence[str] | None = None) -> Le
     maths = [t for t in tasks if is_math_task(t, math_tasks)]
     general = [t for t in tasks if t not in maths]
     board = Leaderboard(maths, general)
-    for r in sorted(rows, key=lambda r: (r["model"], r["budget"], method(r))):
+    for r in sorted(
+        rows, key=lambda r: (r["model"], r["budget"], method(r), r.get("engine", "hf"))
+    ):
         scores = {t: 100 * primary_metric(m)[1] for t, m in r["metrics"].items()}
         rec = {
-            "model": r["model"], "method": method(r), "criterion": r["criterion"], "strategy": r["strategy"],
+            "model": r["model"], "method": method(r), "engine": r.get("engine", "hf"),
+            "criterion": r["criterion"], "strategy": r["strategy"],
             "budget": r["budget"], "kept_layers": r.get("kept_layers"), "removed": r.get("removed", []),
             "spacing_aware": r["budget"] != 0 and _traits(r["strategy"])[1],
             **{t: scores.get(t) for t in tasks},

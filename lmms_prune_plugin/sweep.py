@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .args import check_writable
 from .distributed import is_main
 from .layers import decoder_layers_removed
+from .models import engine as engines
 from .planner import BASELINE, PruneOptions
 from .plugins import get_strategy
 
@@ -187,8 +188,14 @@ def run_sweep(
     out: str | Path,
     limit: int | None = None,
     options: dict | None = None,
+    engine: str = "hf",
 ) -> SweepSummary:
-    """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``."""
+    """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``.
+
+    ``engine="vllm"``: once every plan is made the Hugging Face model is released, and each cell
+    is evaluated by vLLM on its export (built once, kept in the plan cache); ``lm`` must have
+    been built with ``engine=vllm`` inside :func:`~lmms_prune_plugin.models.engine.deferred`.
+    """
     from lmms_eval.evaluator import simple_evaluate
 
     from .models import results as results_mod
@@ -196,18 +203,25 @@ def run_sweep(
     out = Path(out)
     lm.keep_loaded = True
     model_name = lm.pretrained
+    if engine != getattr(lm, "engine", "hf"):
+        raise ValueError(
+            f"engine={engine!r} is not the engine the model was built for ({getattr(lm, 'engine', 'hf')!r})"
+        )
     common = dict(options or {})
     shared = {k: v for k, v in asdict(PruneOptions.parse(**common)).items() if k not in SWEPT}
     cal = lm.calibration
     settings = {"options": shared, "calibration": {"sets": dict(cal.sets), "limit": cal.limit,
                                                     "tokens": cal.tokens}}  # fmt: skip
-    done = {
-        Cell(r["criterion"], r["strategy"], r["budget"]).key(
-            r["model"], r["tasks"], r.get("limit"), r.get("settings", {})
+    done = {  # rows of another engine or other settings are other cells
+        (
+            Cell(r["criterion"], r["strategy"], r["budget"]).key(
+                r["model"], r["tasks"], r.get("limit"), r.get("settings", {})
+            ),
+            r.get("engine", "hf"),
         )
         for r in check_out(out)
     }
-    todo = [c for c in cells if c.key(model_name, tasks, limit, settings) not in done]
+    todo = [c for c in cells if (c.key(model_name, tasks, limit, settings), engine) not in done]
     n = lm.identity.num_layers
     # Every plan first, from one calibration pass per domain: a cell that cannot be planned
     # (say spaced beyond what min_gap allows) stops the sweep before any evaluation.
@@ -218,15 +232,20 @@ def run_sweep(
         for c in todo
     ]
     plans = lm.planner.plans(per_cell)
+    if engine != "hf" and todo:
+        engines.release_hf_model(lm)
     for cell, plan in tqdm(
         list(zip(todo, plans, strict=True)), desc="sweep", disable=not is_main()
     ):
         removed = plan.removed
-        with decoder_layers_removed(lm.hf_model, removed):
-            results_mod.record(plan, lm.identity)
-            res = simple_evaluate(
-                model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
-            )
+        if engine != "hf":
+            res = _evaluate_in_engine(lm, plan, tasks, limit, task_manager)
+        else:
+            with decoder_layers_removed(lm.hf_model, removed):
+                results_mod.record(plan, lm.identity)
+                res = simple_evaluate(
+                    model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
+                )
         if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
             continue
         row = {
@@ -234,8 +253,23 @@ def run_sweep(
             "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
             "limit": limit, "metrics": task_metrics(res), "per_doc": document_scores(res),
             "scores": list(plan.scores),
-            "calibration": plan.to_dict()["calibration"], "settings": settings,
+            "calibration": plan.to_dict()["calibration"], "settings": settings, "engine": engine,
         }  # fmt: skip
         with out.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
     return SweepSummary(len(cells), len(todo), len(cells) - len(todo), lm.planner.forwards)
+
+
+def _evaluate_in_engine(lm, plan, tasks: Sequence[str], limit: int | None, task_manager):
+    """One cell in vLLM: the plan's export (cached), an engine on it, lmms-eval, engine stopped."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    path = engines.cached_export(lm.pretrained, plan, engines.cache_dir(lm), lm.revision,
+                                 lm.trust_remote_code)  # fmt: skip
+    served = engines.open_engine(path, lm.is_simple, lm.engine_kwargs, lm.trust_remote_code)
+    try:
+        return simple_evaluate(
+            model=served, tasks=list(tasks), limit=limit, task_manager=task_manager
+        )
+    finally:
+        engines.close_engine(served)

@@ -22,6 +22,7 @@ from ..distributed import is_main
 from ..plan import ModelIdentity, PrunePlan
 from ..planner import Planner, PruneOptions, check_options, prune_option_names
 from ..plugins import get_criterion
+from . import engine as engines
 from . import results
 from .base import build_wrapper, pick_wrapper, read_config, unwrap, wrapper_class
 
@@ -48,6 +49,7 @@ class PrunedVLM(lmms):
         plan_strict: bool | str = True,
         revision: str | None = None,
         trust_remote_code: bool | str = False,
+        engine: str = "hf",
         **kwargs: Any,
     ) -> None:
         """Every :class:`PruneOptions` field is a model_arg too (criterion, budget, strategy,
@@ -61,6 +63,7 @@ class PrunedVLM(lmms):
             calib_math, calib_nonmath, calib_limit, tokens, include_path, plan_cache
         )
         self._trust = trust = parse_bool("trust_remote_code", trust_remote_code)
+        self.engine, self.trust_remote_code = engines.check_engine(engine), trust
         strict = parse_bool("plan_strict", plan_strict)
         plan_file = PrunePlan.load(plan) if not is_none(plan) else None
         save_to = _check_save_plan(optional(save_plan))
@@ -79,6 +82,11 @@ class PrunedVLM(lmms):
         self.base_name = optional(base) or pick_wrapper(config)
         if trust:  # off unless the user turns it on; then the base wrapper gets it
             base_kwargs["trust_remote_code"] = True
+        self.engine_kwargs: dict[str, Any] = {}
+        if self.engine != "hf":  # vLLM's arguments go to the engine, the rest to the base
+            base_kwargs, self.engine_kwargs = engines.split_base_and_engine_args(
+                self.base_name, self.is_simple, base_kwargs
+            )
         _check_base_kwargs(self.base_name, self.is_simple, base_kwargs)
 
         self.base = build_wrapper(
@@ -107,6 +115,9 @@ class PrunedVLM(lmms):
         if save_to is not None and is_main():
             self.plan.save(save_to)
         results.record(self.plan, self.identity)
+        if self.engine != "hf":  # evaluation moves to the engine, on the plan's export
+            engines.serve_(self)
+        results.record_engine(self.engine, getattr(self, "served_from", None))
         print(f"{describe(self.plan)} | base={self.base_name}", file=sys.stderr)
 
     @property

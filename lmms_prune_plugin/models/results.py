@@ -86,3 +86,11 @@ def _install() -> None:
             self.model_name_sanitized = sanitize_model_name(self.model_name)
 
     GeneralConfigTracker.log_experiment_args = log_with_name
+
+
+def record_engine(engine: str, served_from: str | None = None) -> None:
+    """Which engine evaluates the recorded plan (``hf`` or ``vllm``), and from which folder."""
+    if _STATE["plan"] is not None:
+        _STATE["plan"]["engine"] = engine
+        if served_from is not None:
+            _STATE["plan"]["served_from"] = served_from
