@@ -110,8 +110,13 @@ def run_sweep(
     limit: int | None = None,
     alpha: float = 0.5,
     min_gap: int = 2,
+    heal=None,
 ) -> SweepSummary:
-    """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``."""
+    """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``.
+
+    With ``heal`` (:class:`~.heal.HealOptions`) every pruned cell is also healed and evaluated
+    again: that row's criterion reads ``<criterion>+heal``, next to the unhealed one.
+    """
     from lmms_eval.evaluator import simple_evaluate
 
     from .models import results as results_mod
@@ -124,6 +129,10 @@ def run_sweep(
         for r in (read_rows(out) if out.exists() else [])
     }
     todo = [c for c in cells if c.key(model_name, tasks, limit) not in done]
+    if heal is not None:  # a healed row is missing: the cell is evaluated again, healed
+        todo = [c for c in cells if c.key(model_name, tasks, limit) not in done
+                or c.budget != 0 and _healed(c).key(model_name, tasks, limit) not in done]  # fmt: skip
+        data = None
     n = lm.identity.num_layers
     # Every plan first, from one calibration pass per domain: a cell that cannot be planned
     # (say spaced beyond what min_gap allows) stops the sweep before any evaluation.
@@ -143,20 +152,50 @@ def run_sweep(
     for cell, plan in tqdm(
         list(zip(todo, plans, strict=True)), desc="sweep", disable=not is_main()
     ):
-        removed = plan.removed
-        with decoder_layers_removed(lm.hf_model, removed):
-            results_mod.record(plan, lm.identity)
-            res = simple_evaluate(
-                model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
-            )
-        if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
-            continue
-        row = {
-            "model": model_name, "criterion": cell.criterion, "strategy": cell.strategy, "budget": cell.budget,
-            "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
-            "limit": limit, "metrics": task_metrics(res), "scores": list(plan.scores),
-            "calibration": plan.to_dict()["calibration"],
-        }  # fmt: skip
-        with out.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        runs = [(cell, None)] if cell.key(model_name, tasks, limit) not in done else []
+        if heal is not None and cell.budget != 0:
+            if _healed(cell).key(model_name, tasks, limit) not in done:
+                from .heal import heal_, training_data_for, unload_
+                from .training_data import wrapper_tokenizer
+
+                data = data or training_data_for(lm, heal)  # the teacher is the same for every cell
+                runs.append((_healed(cell), "heal"))
+        for row_cell, healing in runs:
+            peft_model = summary = None
+            if healing:
+                peft_model, result = heal_(
+                    lm.hf_model, wrapper_tokenizer(lm.base), plan, data, heal
+                )
+                summary = result.summary()
+            try:
+                with decoder_layers_removed(lm.hf_model, plan.removed):
+                    results_mod.record(plan, lm.identity)
+                    res = simple_evaluate(
+                        model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
+                    )
+            finally:
+                if peft_model is not None:
+                    unload_(peft_model)  # the next cell starts from the original weights
+            if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
+                continue
+            _append_row(out, row_cell, plan, res, model_name, n, tasks, limit, summary)
     return SweepSummary(len(cells), len(todo), len(cells) - len(todo), lm.planner.forwards)
+
+
+def _healed(cell: Cell) -> Cell:
+    return Cell(f"{cell.criterion}+heal", cell.strategy, cell.budget)
+
+
+def _append_row(out: Path, cell: Cell, plan, res: dict, model_name: str, n: int,
+                tasks: Sequence[str], limit: int | None, healing: dict | None) -> None:  # fmt: skip
+    removed = plan.removed
+    row = {
+        "model": model_name, "criterion": cell.criterion, "strategy": cell.strategy, "budget": cell.budget,
+        "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
+        "limit": limit, "metrics": task_metrics(res), "scores": list(plan.scores),
+        "calibration": plan.to_dict()["calibration"],
+    }  # fmt: skip
+    if healing is not None:
+        row["healing"] = healing
+    with out.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
