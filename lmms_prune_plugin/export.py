@@ -169,7 +169,7 @@ including every layer's score.
 def _healing_card(h: dict) -> str:
     """The model card's healing section (``h`` is :meth:`.heal.HealResult.summary`)."""
     o, d = h["options"], h["data"]
-    curve = ", ".join(f"{k}: {v:.4f}" for k, v in h["loss_curve"].items())
+    curve = ", ".join(f"{step}: {loss:.4f}" for step, loss in h["loss_curve"])
     targets = ", ".join(o["target_modules"])
     return f"""
 ## Healing

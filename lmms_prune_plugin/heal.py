@@ -200,7 +200,7 @@ class HealResult:
             "loss_first": self.losses[0] if n else None,
             "loss_last": self.losses[-1] if n else None,
             "loss_min": min(self.losses) if n else None,
-            "loss_curve": {str(i + 1): round(self.losses[i], 6) for i in marks},
+            "loss_curve": [[i + 1, round(self.losses[i], 6)] for i in marks],  # [step, loss]
             "seconds": round(self.seconds, 1),
             "trainable_parameters": self.trainable_parameters,
             "world_size": self.world_size,
