@@ -111,6 +111,22 @@ def _generate_recorded(model: torch.nn.Module, record: list, answer_ids):
             del model.generate
 
 
+@contextmanager
+def _one_prompt_per_call(wrapper):
+    """Batch size 1 for the block (lmms-eval wrappers keep it in ``batch_size_per_gpu``), so
+    each generate call holds one unpadded prompt, as evaluation with batch size 1 builds it."""
+    name = next((n for n in ("batch_size_per_gpu", "batch_size")
+                 if isinstance(vars(wrapper).get(n), int)), None)  # fmt: skip
+    saved = getattr(wrapper, name) if name else None
+    if name:
+        setattr(wrapper, name, 1)
+    try:
+        yield
+    finally:
+        if name:
+            setattr(wrapper, name, saved)
+
+
 def wrapper_tokenizer(wrapper):
     """The base wrapper's tokenizer (its own, or its processor's)."""
     tokenizer = getattr(wrapper, "tokenizer", None)
@@ -126,7 +142,11 @@ def capture_inputs(wrapper, model: torch.nn.Module, reqs: CalibrationRequests) -
     saved = dict(wrapper.task_dict)
     wrapper.task_dict.update(reqs.datasets)
     try:
-        with torch.no_grad(), _generate_recorded(model, record, answer_ids):
+        with (
+            torch.no_grad(),
+            _one_prompt_per_call(wrapper),
+            _generate_recorded(model, record, answer_ids),
+        ):
             answers = wrapper.generate_until(list(reqs.requests))
     finally:
         wrapper.task_dict.clear()

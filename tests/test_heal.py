@@ -30,11 +30,11 @@ def ckpt(tmp_path_factory):
     return save_tiny_vlm(ARCH, tmp_path_factory.mktemp("ckpt") / "q", num_layers=4)
 
 
-def load(ckpt, include_path=TASKS):
+def load(ckpt, include_path=TASKS, **extra):
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
 
     return PrunedVLM(pretrained=str(ckpt), budget=0, include_path=include_path,
-                     plan_cache=False, **wrapper_kwargs(ARCH))  # fmt: skip
+                     plan_cache=False, **wrapper_kwargs(ARCH), **extra)  # fmt: skip
 
 
 OPTS = dict(data=("prune_test_colours",), limit=8, rank=4, lr=1e-2, batch_size=8)
@@ -222,7 +222,7 @@ def test_sweep_heal_puts_healed_rows_next_to_unhealed(ckpt, tmp_path):
 
     from lmms_prune_plugin.sweep import plan_cells, read_rows, run_sweep
 
-    lm = load(ckpt)
+    lm = load(ckpt, batch_size=4)  # training data is still built one prompt per call
     before = {k: v.clone() for k, v in lm.hf_model.state_dict().items()}
     tm = TaskManager(include_path=[TASKS], include_defaults=False)
     out = tmp_path / "sweep.jsonl"
@@ -235,3 +235,4 @@ def test_sweep_heal_puts_healed_rows_next_to_unhealed(ckpt, tmp_path):
     assert rows[2]["healing"]["options"]["steps"] == 2 and "healing" not in rows[1]
     after = lm.hf_model.state_dict()  # the adapters are gone again: weights as loaded
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert lm.base.batch_size == 4
