@@ -37,7 +37,7 @@ class HealOptions:
 
     objective: str = "distill"
     data: tuple[str, ...] = DEFAULT_DATA
-    limit: int | None = 512  # samples per data task (over all ranks); None: all
+    limit: int | None = 2048  # samples per data task (over all ranks); None: all
     rank: int = 8
     alpha: float = 16.0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budgets", default="2,4,6,8")
     p.add_argument("--steps", default="1000")
-    p.add_argument("--data_limit", default="1024")
+    p.add_argument("--data_limit", default="2048")
     p.add_argument("--out", default="benchmarks/results/heal_demo")
     p.add_argument("--png", default="docs/healing.png")
     p.add_argument("--resume", action="store_true", help="keep rows already in the sweep file")
