@@ -238,6 +238,83 @@ def cmd_export(a) -> int:
     return 0
 
 
+# -- heal -----------------------------------------------------------------------------------
+def _heal_args(p: argparse.ArgumentParser) -> None:
+    from .heal import DEFAULT_DATA, DEFAULT_TARGETS, HealOptions
+
+    d = HealOptions()
+    g = p.add_argument_group("healing (LoRA on the kept layers; see README 'Healing')")
+    g.add_argument(
+        "--objective",
+        default=d.objective,
+        help="distill (default: KL to the unpruned model) or sft (task targets)",
+    )
+    g.add_argument(
+        "--data", default=",".join(DEFAULT_DATA), help="lmms-eval task(s) to train on, comma list"
+    )
+    g.add_argument("--data_limit", default=str(d.limit), help="samples per data task, or none")
+    g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
+    g.add_argument(
+        "--lora_alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)"
+    )
+    g.add_argument(
+        "--target_modules", default=",".join(DEFAULT_TARGETS), help="linear modules to adapt"
+    )
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument(
+        "--batch_size", type=int, default=d.batch_size, help="samples per step and process"
+    )
+    g.add_argument("--heal_seed", type=int, default=d.seed, help="adapter init and data order")
+    g.add_argument("--continuation_tokens", type=int, default=d.continuation_tokens,
+                   help="teacher tokens distilled after each prompt")  # fmt: skip
+
+
+def _heal_options(a):
+    from .args import parse_int
+    from .heal import HealOptions
+
+    return HealOptions(
+        objective=a.objective, data=tuple(_csv(a.data)), rank=a.rank, alpha=a.lora_alpha,
+        limit=parse_int("data_limit", a.data_limit, minimum=1, allow_none=True),
+        target_modules=tuple(_csv(a.target_modules)), lr=a.lr, steps=a.steps,
+        batch_size=a.batch_size, seed=a.heal_seed, continuation_tokens=a.continuation_tokens,
+    )  # fmt: skip
+
+
+def cmd_heal(a) -> int:
+    from .args import parse_bool
+    from .export import check_target
+    from .heal import heal_and_export, text_hidden_size
+    from .models.base import read_config
+    from .plan import PrunePlan
+    from .planner import PruneOptions
+
+    opts = _heal_options(a)
+    PruneOptions.parse(**_prune_given(a))  # bad values fail before the model is loaded
+    out = Path(a.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not a.force:
+        raise ValueError(
+            f"out={a.out!r} already exists; give a new folder (or --force to replace an export of lmms-prune)"
+        )
+    check_target(out, None, a.force)
+    margs = _parse_model_args(a.model_args)
+    trust = parse_bool("trust_remote_code", margs.get("trust_remote_code", False))
+    strict = parse_bool("plan_strict", margs.get("plan_strict", True))
+    if margs.get("pretrained") and Path(str(margs["pretrained"])).is_dir():  # before loading it
+        opts.check_hidden_size(text_hidden_size(read_config(str(margs["pretrained"]))))
+    plan = PrunePlan.load(a.plan) if a.plan else None
+    lm = _load(a, budget=0)  # unpruned: the model is its own teacher
+    if plan is None:
+        plan = lm.planner.plan(PruneOptions.parse(**_prune_given(a)))
+    path, result = heal_and_export(lm, plan, opts, out, a.force, strict, trust)
+    if path is not None:
+        s = result.summary()
+        print(f"healed {lm.pretrained} without layers {list(plan.removed)}: loss {s['loss_first']:.4f} -> "
+              f"{s['loss_last']:.4f} in {s['seconds']:.0f} s; exported to {path}")  # fmt: skip
+    return 0
+
+
 # -- sweep ----------------------------------------------------------------------------------
 def cmd_sweep(a) -> int:
     from lmms_eval.tasks import TaskManager
@@ -269,6 +346,7 @@ def cmd_sweep(a) -> int:
         limit=a.limit,
         options=common,
         engine=a.engine,
+        heal=_heal_options(a) if a.heal else None,
     )
     print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
           f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
@@ -412,7 +490,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate each cell with transformers (hf) or with vLLM on the cell's export; "
         "vLLM's arguments (tensor_parallel_size=, max_model_len=, ...) go in --model_args",
     )
+    s.add_argument("--heal", action="store_true", help="also evaluate each pruned cell healed")
+    _heal_args(s)
     s.set_defaults(fn=cmd_sweep)
+
+    h = sub.add_parser("heal", help="prune, heal with LoRA, merge and export a checkpoint")
+    _model_options(h)
+    _add_prune_flags(h, budget="4")
+    h.add_argument("--plan", default=None, help="apply this plan file instead of calibrating")
+    _heal_args(h)
+    h.add_argument("--out", required=True)
+    h.add_argument("--force", action="store_true", help="replace an export of lmms-prune in --out")
+    h.set_defaults(fn=cmd_heal)
 
     ls = sub.add_parser("list", help="every registered criterion, strategy and calibration set")
     ls.set_defaults(fn=cmd_list)

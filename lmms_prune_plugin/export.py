@@ -29,7 +29,7 @@ def export_pruned(
     ``out`` may already hold this same export; another export of ours is replaced only with
     ``force``, and a folder that is not an export of ours never is.
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     from .cache import weights_fingerprint
     from .plan import ModelIdentity
@@ -44,6 +44,26 @@ def export_pruned(
         model, pretrained, revision, weights_fingerprint(pretrained, revision)
     )
     plan.apply_(model, identity, strict)
+    return save_export(model, plan, out, pretrained, force, revision, trust_remote_code)
+
+
+def save_export(
+    model,
+    plan: PrunePlan,
+    out: str | Path,
+    pretrained: str,
+    force: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    healing: dict | None = None,
+) -> Path:
+    """Write an already pruned in-memory ``model`` with ``pretrained``'s processor, ``plan.json``
+    and a model card (plus ``healing.json`` when ``healing`` says how it was healed)."""
+    from transformers import AutoProcessor
+
+    out = Path(out)
+    check_target(out, plan, force)
+    _remove_leftovers(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -54,7 +74,9 @@ def export_pruned(
         )
         processor.save_pretrained(tmp)
         plan.save(tmp / "plan.json")
-        (tmp / "README.md").write_text(model_card(plan, pretrained))
+        if healing is not None:
+            (tmp / "healing.json").write_text(json.dumps(healing, indent=2, sort_keys=True))
+        (tmp / "README.md").write_text(model_card(plan, pretrained, healing))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -112,8 +134,8 @@ def check_target(out: Path, plan: PrunePlan | None, force: bool) -> None:
         )
 
 
-def model_card(plan: PrunePlan, pretrained: str) -> str:
-    """A short Markdown model card: base model, removed layers, criterion."""
+def model_card(plan: PrunePlan, pretrained: str, healing: dict | None = None) -> str:
+    """A short Markdown model card: base model, removed layers, criterion, and any healing."""
     kept = plan.model.num_layers - len(plan.removed)
     cal = plan.calibration
     sets = (
@@ -141,4 +163,27 @@ It is an ordinary `{plan.model.architecture}` checkpoint: `num_hidden_layers` an
 list of the text config were updated, so `AutoModelForImageTextToText.from_pretrained` (and
 anything that reads the config) loads it without this package. `plan.json` holds the full plan,
 including every layer's score.
+""" + (_healing_card(healing) if healing else "")
+
+
+def _healing_card(h: dict) -> str:
+    """The model card's healing section (``h`` is :meth:`.heal.HealResult.summary`)."""
+    o, d = h["options"], h["data"]
+    curve = ", ".join(f"{step}: {loss:.4f}" for step, loss in h["loss_curve"])
+    targets = ", ".join(o["target_modules"])
+    return f"""
+## Healing
+
+After the layers were removed, LoRA adapters on the kept layers were trained and merged into
+their weights, so the checkpoint has no adapters. `healing.json` holds every detail.
+
+| | |
+|---|---|
+| method | {h["method"]} (rank {o["rank"]}, alpha {o["alpha"]}, modules {targets}) |
+| objective | {"KL divergence to the unpruned model (self-distillation)" if o["objective"] == "distill" else "cross-entropy on the task's targets"} |
+| data | {", ".join(d["tasks"])} ({d["samples"]} samples, content hash {d["fingerprint"][:12]}) |
+| steps | {o["steps"]} x batch {o["batch_size"]} x {h["world_size"]} process(es), lr {o["lr"]}, seed {o["seed"]} |
+| loss | {h["loss_first"]:.4f} at step 1, {h["loss_last"]:.4f} at the end (min {h["loss_min"]:.4f}) |
+| loss curve (step: loss) | {curve} |
+| time | {h["seconds"]:.0f} s |
 """

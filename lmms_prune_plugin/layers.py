@@ -204,12 +204,26 @@ def _plain_attrs(module: nn.Module) -> dict[str, object]:
     return out
 
 
+_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_dropout",
+                  "lora_magnitude_vector"}  # fmt: skip
+
+
+def _adapter_part(name: str, module: nn.Module) -> bool:
+    """PEFT LoRA adapters attached for healing are merged away before a model is saved: the
+    comparison sees the base layers they wrap, under the base layers' names."""
+    if _ADAPTER_PARTS & set(name.split(".")):
+        return True
+    return hasattr(module, "base_layer") and hasattr(module, "lora_A")
+
+
 def _snapshot(model: nn.Module, rename=lambda n: n, edited=None) -> dict[str, dict]:
     """Module types and plain attributes, parameter and buffer shapes, by (renamed) name."""
     edited = edited or {}
     modules, attrs, tensors = {}, {}, {}
     for name, module in model.named_modules(remove_duplicate=False):
-        new = rename(name)
+        if _adapter_part(name, module):
+            continue
+        new = rename(name.replace(".base_layer", ""))
         if new is None:
             continue
         modules[new] = type(module).__name__

@@ -189,17 +189,17 @@ def run_sweep(
     limit: int | None = None,
     options: dict | None = None,
     engine: str = "hf",
+    heal=None,
 ) -> SweepSummary:
     """Evaluate every cell not already in ``out``; ``lm`` is an unpruned ``pruned_vlm``.
 
-    ``engine="vllm"``: once every plan is made the Hugging Face model is released, and each cell
-    is evaluated by vLLM on its export (built once, kept in the plan cache); ``lm`` must have
-    been built with ``engine=vllm`` inside :func:`~lmms_prune_plugin.models.engine.deferred`.
+    ``options``: prune options every cell shares (alpha, min_gap, ...). ``engine="vllm"``: once
+    every plan is made the Hugging Face model is released, and each cell is evaluated by vLLM on
+    its export (built once, kept in the plan cache); ``lm`` must have been built with
+    ``engine=vllm`` inside :func:`~lmms_prune_plugin.models.engine.deferred`. With ``heal``
+    (:class:`~.heal.HealOptions`) every pruned cell is also healed and evaluated again: that
+    row's criterion reads ``<criterion>+heal``, next to the unhealed one.
     """
-    from lmms_eval.evaluator import simple_evaluate
-
-    from .models import results as results_mod
-
     out = Path(out)
     lm.keep_loaded = True
     model_name = lm.pretrained
@@ -207,21 +207,25 @@ def run_sweep(
         raise ValueError(
             f"engine={engine!r} is not the engine the model was built for ({getattr(lm, 'engine', 'hf')!r})"
         )
+    if heal is not None and engine != "hf":
+        raise ValueError("heal is not allowed with engine='vllm': healing trains the HF model")
     common = dict(options or {})
     shared = {k: v for k, v in asdict(PruneOptions.parse(**common)).items() if k not in SWEPT}
     cal = lm.calibration
     settings = {"options": shared, "calibration": {"sets": dict(cal.sets), "limit": cal.limit,
                                                     "tokens": cal.tokens}}  # fmt: skip
     done = {  # rows of another engine or other settings are other cells
-        (
-            Cell(r["criterion"], r["strategy"], r["budget"]).key(
-                r["model"], r["tasks"], r.get("limit"), r.get("settings", {})
-            ),
-            r.get("engine", "hf"),
-        )
+        (Cell(r["criterion"], r["strategy"], r["budget"]).key(
+            r["model"], r["tasks"], r.get("limit"), r.get("settings", {})), r.get("engine", "hf"))
         for r in check_out(out)
-    }
-    todo = [c for c in cells if (c.key(model_name, tasks, limit, settings), engine) not in done]
+    }  # fmt: skip
+
+    def missing(cell: Cell) -> bool:
+        return (cell.key(model_name, tasks, limit, settings), engine) not in done
+
+    # A cell runs when its row is missing, or (healing) its healed row is.
+    todo = [c for c in cells
+            if missing(c) or heal is not None and c.budget != 0 and missing(_healed(c))]  # fmt: skip
     n = lm.identity.num_layers
     # Every plan first, from one calibration pass per domain: a cell that cannot be planned
     # (say spaced beyond what min_gap allows) stops the sweep before any evaluation.
@@ -234,30 +238,68 @@ def run_sweep(
     plans = lm.planner.plans(per_cell)
     if engine != "hf" and todo:
         engines.release_hf_model(lm)
+    data = None
     for cell, plan in tqdm(
         list(zip(todo, plans, strict=True)), desc="sweep", disable=not is_main()
     ):
-        removed = plan.removed
-        if engine != "hf":
-            res = _evaluate_in_engine(lm, plan, tasks, limit, task_manager)
-        else:
-            with decoder_layers_removed(lm.hf_model, removed):
-                results_mod.record(plan, lm.identity)
-                res = simple_evaluate(
-                    model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
-                )
-        if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
-            continue
-        row = {
-            "model": model_name, "criterion": cell.criterion, "strategy": cell.strategy, "budget": cell.budget,
-            "num_layers": n, "kept_layers": n - len(removed), "removed": list(removed), "tasks": sorted(tasks),
-            "limit": limit, "metrics": task_metrics(res), "per_doc": document_scores(res),
-            "scores": list(plan.scores),
-            "calibration": plan.to_dict()["calibration"], "settings": settings, "engine": engine,
-        }  # fmt: skip
-        with out.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+        runs = [(cell, None)] if missing(cell) else []
+        if heal is not None and cell.budget != 0 and missing(_healed(cell)):
+            from .heal import training_data_for
+
+            data = data or training_data_for(lm, heal)  # the teacher is the same for every cell
+            runs.append((_healed(cell), "heal"))
+        for row_cell, healing in runs:
+            if engine != "hf":
+                res, summary = _evaluate_in_engine(lm, plan, tasks, limit, task_manager), None
+            else:
+                res, summary = _evaluate_here(lm, plan, tasks, limit, task_manager,
+                                              heal if healing else None, data)  # fmt: skip
+            if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
+                continue
+            row = {
+                "model": model_name, "criterion": row_cell.criterion, "strategy": row_cell.strategy,
+                "budget": row_cell.budget, "num_layers": n, "kept_layers": n - len(plan.removed),
+                "removed": list(plan.removed), "tasks": sorted(tasks), "limit": limit,
+                "metrics": task_metrics(res), "per_doc": document_scores(res),
+                "scores": list(plan.scores), "calibration": plan.to_dict()["calibration"],
+                "settings": settings, "engine": engine,
+            }  # fmt: skip
+            if summary is not None:
+                row["healing"] = summary
+            with out.open("a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
     return SweepSummary(len(cells), len(todo), len(cells) - len(todo), lm.planner.forwards)
+
+
+def _healed(cell: Cell) -> Cell:
+    return Cell(f"{cell.criterion}+heal", cell.strategy, cell.budget)
+
+
+def _evaluate_here(lm, plan, tasks, limit, task_manager, heal, data):
+    """One cell on the loaded HF model (healed first when asked); the model is restored after."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    from .models import results as results_mod
+
+    peft_model = summary = None
+    if heal is not None:
+        from .heal import heal_, unload_
+        from .training_data import wrapper_tokenizer
+
+        peft_model, result = heal_(lm.hf_model, wrapper_tokenizer(lm.base), plan, data, heal)
+        summary = result.summary()
+    try:
+        with decoder_layers_removed(lm.hf_model, plan.removed):
+            results_mod.record(plan, lm.identity)
+            res = simple_evaluate(
+                model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
+            )
+    finally:
+        if peft_model is not None:
+            from .heal import unload_
+
+            unload_(peft_model)  # the next cell starts from the original weights
+    return res, summary
 
 
 def _evaluate_in_engine(lm, plan, tasks: Sequence[str], limit: int | None, task_manager):
