@@ -171,9 +171,6 @@ class Removal:
     config_fields: dict[str, str] = field(default_factory=dict)  # field -> rule name
     handled: set[str] = field(default_factory=set)  # config fields some rule answers for
 
-    def config_edits(self, config) -> list[Edit]:
-        return [e for e in self.edits if e.target is config]
-
 
 def apply(edits: Sequence[Edit]) -> None:
     """Apply edits in order."""
@@ -192,10 +189,11 @@ class RefusedRemoval(ValueError):
 
 
 def model_types(*configs) -> set[str]:
+    """The ``model_type`` values of the given configs (None skipped)."""
     return {getattr(c, "model_type", "") for c in configs if c is not None} - {""}
 
 
-def _kept_map(num_layers: int, keep: Sequence[int]) -> dict[int, int]:
+def _kept_map(keep: Sequence[int]) -> dict[int, int]:
     return {old: new for new, old in enumerate(keep)}
 
 
@@ -205,7 +203,7 @@ def _interval_members(step: int, n: int) -> set[int]:
 
 def _config_value(rule: LayerRule, key: str, value, num_layers: int, keep: Sequence[int], arch):
     """The value of config field ``key`` after keeping ``keep``, or ``value`` if unchanged."""
-    new_of = _kept_map(num_layers, keep)
+    new_of = _kept_map(keep)
     n = len(keep)
     if rule.kind == "values":
         if isinstance(value, list | tuple) and len(value) == num_layers:
