@@ -240,9 +240,7 @@ def _text_depth(config: dict) -> int | None:
 def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
     """An argument neither ours nor a named parameter of the base wrapper is a typo: name it."""
     cls = wrapper_class(base, simple)  # an unknown base: the error lists the choices
-    params = inspect.signature(cls.__init__).parameters
-    named = [p for p, v in params.items()
-             if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self"]  # fmt: skip
+    named = _named_params(cls)
     if "trust_remote_code" in kwargs and "trust_remote_code" not in named:
         raise ValueError(
             f"trust_remote_code=true is not allowed with base={base!r}: that wrapper loads the "
@@ -257,6 +255,21 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
             f"{closest(k, [*OWN_ARGS, *named])}; pruned_vlm takes {', '.join(OWN_ARGS)}; "
             f"{base} takes {', '.join(named)}"
         )
+
+
+def _named_params(cls: type) -> list[str]:
+    """Named ``__init__`` parameters of ``cls``, and of its parents for as long as each
+    ``__init__`` passes ``**kwargs`` on (wrappers that extend another wrapper)."""
+    named: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        named += [p for p, v in params.items()
+                  if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self" and p not in named]  # fmt: skip
+        if not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+            break
+    return named
 
 
 def _check_save_plan(path: str | None) -> Path | None:
