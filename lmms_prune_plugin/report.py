@@ -88,8 +88,9 @@ def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
 def method(row: dict) -> str:
     if row["budget"] == 0:
         return "unpruned"
-    if not _traits(row["strategy"])[0]:  # scores ignored: the criterion is immaterial
-        return row["strategy"]
+    if not _traits(row["strategy"])[0]:  # scores ignored: the criterion is immaterial...
+        healed = row["criterion"].endswith("+heal")  # ...but a healed row is another method
+        return row["strategy"] + ("+heal" if healed else "")
     return f"{row['criterion']}+{row['strategy']}"
 
 

@@ -125,3 +125,11 @@ def test_bootstrap_plans_find_the_stable_and_the_unstable_layer():
     assert 0.5 < two.jaccard < 1.0
     again = bootstrap_plans(model, {"math": rows}, [PruneOptions(criterion="math", budget=2)], 200)
     assert again[0] == two  # same seed, same resamples
+
+
+def test_a_healed_row_of_a_score_free_strategy_is_its_own_method():
+    from lmms_prune_plugin.report import method
+
+    row = {"budget": 4, "strategy": "uniform"}
+    assert method(row | {"criterion": "last"}) == "uniform"
+    assert method(row | {"criterion": "last+heal"}) == "uniform+heal"
