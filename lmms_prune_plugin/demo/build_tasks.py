@@ -19,6 +19,7 @@ from typing import Any
 
 from . import TASKS_DIR
 from .data.splits import HELD_OUT, held_out_docs, shuffled_docs
+from .data.train_task import TRAIN_FILE, train_docs
 
 
 def _folder(task: str) -> Path:
@@ -37,6 +38,7 @@ def task_files() -> dict[Path, list[dict[str, Any]]]:
         files[_folder(task) / f"{task}.jsonl"] = docs
         if task.startswith("prune_demo"):
             files[_folder(task) / f"{task}_shuffled.jsonl"] = shuffled_docs(docs)
+    files[TRAIN_FILE] = train_docs()  # prune_train: the training stream, for healing
     return files
 
 

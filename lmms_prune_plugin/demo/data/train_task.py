@@ -5,18 +5,13 @@ Healing a pruned model needs data that is never scored: these documents come fro
 from, with its math mix) and easy-vqa's train split, so no document, image or rendering of a
 ``prune_demo_*`` benchmark or ``prune_calib_*`` calibration set appears among them.
 
-Usage::
-
-    python -m lmms_prune_plugin.demo.data.train_task            # write prune_train.jsonl
-    python -m lmms_prune_plugin.demo.data.train_task --check    # fail if it is out of date
+Its file is written and checked with every other demo task file by
+``python -m lmms_prune_plugin.demo.build_tasks [--check]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +32,3 @@ def train_docs(size: int = TRAIN_SIZE) -> list[dict[str, Any]]:
     return [
         {"id": f"{TRAIN_TASK}-{i:05d}", **d} for i, d in enumerate(itertools.islice(stream, size))
     ]
-
-
-def to_jsonl(docs: list[dict[str, Any]]) -> str:
-    """One sorted-key JSON object per line (the format of every demo task file)."""
-    return "".join(json.dumps(d, sort_keys=True, ensure_ascii=False) + "\n" for d in docs)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write (or with ``--check`` verify) the task's JSONL file."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="only verify the file is current")
-    args = parser.parse_args(argv)
-    text = to_jsonl(train_docs())
-    if args.check:
-        if not TRAIN_FILE.exists() or TRAIN_FILE.read_text(encoding="utf-8") != text:
-            print(f"out of date (run python -m {__spec__.name}): {TRAIN_FILE}")
-            return 1
-        return 0
-    TRAIN_FILE.write_text(text, encoding="utf-8")
-    print(f"wrote {TRAIN_SIZE} docs to {TRAIN_FILE}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
