@@ -106,12 +106,8 @@ class PrunedVLM(lmms):
             simple=self.is_simple, dtype=str(next(model.parameters()).dtype),
         )  # fmt: skip
         self.planner = Planner(self.base, model, self.identity, self.calibration, run_key)
-        if plan_file is not None:
-            plan_file.check_model(model, self.identity, strict)
-            self.plan = plan_file
-        else:
-            self.plan = self.planner.plan(self.options)
-        self.plan.apply_(model, self.identity, strict)
+        self.plan = plan_file or self.planner.plan(self.options)
+        self.plan.apply_(model, self.identity, strict)  # checks the model before cutting
         if save_to is not None and is_main():
             self.plan.save(save_to)
         results.record(self.plan, self.identity)
