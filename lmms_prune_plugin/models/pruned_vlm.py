@@ -24,7 +24,14 @@ from ..planner import Planner, PruneOptions, check_options, prune_option_names
 from ..plugins import get_criterion
 from . import engine as engines
 from . import results
-from .base import build_wrapper, pick_wrapper, read_config, unwrap, wrapper_class
+from .base import (
+    FALLBACK_WRAPPER,
+    build_wrapper,
+    pick_wrapper,
+    read_config,
+    unwrap,
+    wrapper_class,
+)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -94,6 +101,7 @@ class PrunedVLM(lmms):
         )
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
+        _check_loaded(self.base_name, self.pretrained, config, self.hf_model)
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
         self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
@@ -250,6 +258,20 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
             f"{k}={kwargs[k]!r} is not an argument of pruned_vlm or of its base wrapper {base!r}"
             f"{closest(k, [*OWN_ARGS, *named])}; pruned_vlm takes {', '.join(OWN_ARGS)}; "
             f"{base} takes {', '.join(named)}"
+        )
+
+
+def _check_loaded(base: str, pretrained: str, config: dict, model) -> None:
+    """The base wrapper loaded the checkpoint's own architecture (lmms-eval's glm4v picks its
+    model class from the path), else nothing later would be measured on the right model."""
+    # The config class's model_type: an instance keeps the one read from config.json.
+    got = getattr(type(getattr(model, "config", None)), "model_type", None)
+    want = config.get("model_type")
+    if want and got and want != got:
+        raise ValueError(
+            f"base={base!r} loaded {pretrained} as {type(model).__name__} (model_type {got!r}), "
+            f"but the checkpoint's model_type is {want!r}; choose base={FALLBACK_WRAPPER!r} or "
+            "a wrapper that loads this architecture"
         )
 
 
