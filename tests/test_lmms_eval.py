@@ -359,8 +359,8 @@ def test_qwen3_vl_end_to_end_through_its_own_wrapper(tmp_path):
 # model_type -> (lmms-eval wrapper, its class, extra pruned_vlm options).
 OWN_WRAPPERS = {
     "gemma3": ("gemma3", "Gemma3", {}),
-    # Removing the last layer of an attention type is refused on Gemma4 (which layer stores the
-    # full-length KV changes): layers [S, F, S, F], the last two protected.
+    # Removing a Gemma4 layer that stores the full-length KV (the last of each attention type) is
+    # refused: layers [S, F, S, F], the last two protected.
     "gemma4": ("gemma4", "Gemma4", {"protect_last": 2}),
     "glm4v_moe": ("glm4v", "GLM4V", {}),
     "idefics2": ("idefics2", "Idefics2", {}),
