@@ -427,3 +427,21 @@ def test_a_base_whose_wrapper_does_not_import_is_named(monkeypatch):
     monkeypatch.setattr(models, "get_model", missing)
     with pytest.raises(ValueError, match=r"base='phi4_multimodal' cannot be used.*librosa"):
         wrapper_class("phi4_multimodal", simple=False)
+
+
+def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
+    """gemma4 defaults to trust_remote_code=True: it is given false. qwen3_5 always trusts: a
+    checkpoint that ships code is refused before anything loads."""
+    import json
+
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM, _check_remote_code
+
+    kwargs: dict = {}
+    _check_remote_code("gemma4", False, {"model_type": "gemma4"}, False, kwargs)
+    assert kwargs == {"trust_remote_code": False}
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen3_5", "num_hidden_layers": 4,
+        "auto_map": {"AutoConfig": "configuration_x.XConfig"},
+    }))  # fmt: skip
+    with pytest.raises(ValueError, match=r"base='qwen3_5' loads with trust_remote_code=True"):
+        PrunedVLM(pretrained=str(tmp_path), **CALIB, criterion="math", budget=1, plan_cache=False)

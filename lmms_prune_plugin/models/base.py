@@ -21,6 +21,12 @@ WRAPPERS: dict[str, str] = {
     "glm4v_moe": "glm4v",  # not glm4v: that wrapper picks the MoE class unless the path says "Flash"
     "qwen3_5": "qwen3_5",
 }
+#: lmms-eval wrappers that load with trust_remote_code=True whatever they are given.
+REMOTE_CODE_ALWAYS: dict[str, str] = {
+    "qwen3_vl": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
+    "qwen3_5": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
+    "mistral3_vl": "lmms_eval/models/simple/mistral3_vl.py:79,89 (model and processor)",
+}
 FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
 
 

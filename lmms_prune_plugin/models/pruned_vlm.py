@@ -26,6 +26,7 @@ from . import engine as engines
 from . import results
 from .base import (
     FALLBACK_WRAPPER,
+    REMOTE_CODE_ALWAYS,
     build_wrapper,
     pick_wrapper,
     read_config,
@@ -94,6 +95,7 @@ class PrunedVLM(lmms):
             base_kwargs, self.engine_kwargs = engines.split_base_and_engine_args(
                 self.base_name, self.is_simple, base_kwargs
             )
+        _check_remote_code(self.base_name, self.is_simple, config, trust, base_kwargs)
         _check_base_kwargs(self.base_name, self.is_simple, base_kwargs)
 
         self.base = build_wrapper(
@@ -258,6 +260,21 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
             f"{k}={kwargs[k]!r} is not an argument of pruned_vlm or of its base wrapper {base!r}"
             f"{closest(k, [*OWN_ARGS, *named])}; pruned_vlm takes {', '.join(OWN_ARGS)}; "
             f"{base} takes {', '.join(named)}"
+        )
+
+
+def _check_remote_code(base: str, simple: bool, config: dict, trust: bool, kwargs: dict) -> None:
+    """Remote code runs only when the user says so: a wrapper that defaults to
+    trust_remote_code=True (gemma3, gemma4) is given false, and one that always trusts is
+    refused for a checkpoint that ships code (``auto_map``)."""
+    if "trust_remote_code" in _named_params(wrapper_class(base, simple)):
+        kwargs["trust_remote_code"] = trust
+    if not trust and base in REMOTE_CODE_ALWAYS and config.get("auto_map"):
+        raise ValueError(
+            f"base={base!r} loads with trust_remote_code=True whatever it is given "
+            f"({REMOTE_CODE_ALWAYS[base]}), and this checkpoint ships its own code (auto_map in "
+            f"config.json); pass trust_remote_code=true to run that code, or choose "
+            f"base={FALLBACK_WRAPPER!r}"
         )
 
 
