@@ -356,9 +356,24 @@ def test_qwen3_vl_end_to_end_through_its_own_wrapper(tmp_path):
     assert 0.0 <= results["results"]["prune_test_colours"]["exact_match,none"] <= 1.0
 
 
+# model_type -> (lmms-eval wrapper, its class, extra pruned_vlm options).
+OWN_WRAPPERS = {
+    "gemma3": ("gemma3", "Gemma3", {}),
+    # Removing a Gemma4 layer that stores the full-length KV (the last of each attention type) is
+    # refused: layers [S, F, S, F], the last two protected.
+    "gemma4": ("gemma4", "Gemma4", {"protect_last": 2}),
+    "glm4v_moe": ("glm4v", "GLM4V", {}),
+    "idefics2": ("idefics2", "Idefics2", {}),
+    "internvl": ("internvl_hf", "InternVLHf", {}),
+    "mistral3": ("mistral3_vl", "Mistral3_VL", {}),
+    "mllama": ("llama_vision", "LlamaVision", {}),
+    "qwen3_5": ("qwen3_5", "Qwen3_5", {}),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, wrapper", [("gemma3", "Gemma3"), ("idefics2", "Idefics2")])
-def test_architecture_is_evaluated_through_lmms_evals_own_wrapper(tmp_path, arch, wrapper):
+@pytest.mark.parametrize("arch", OWN_WRAPPERS)
+def test_architecture_is_evaluated_through_lmms_evals_own_wrapper(tmp_path, arch):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -366,17 +381,67 @@ def test_architecture_is_evaluated_through_lmms_evals_own_wrapper(tmp_path, arch
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
     from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
 
+    base, wrapper, options = OWN_WRAPPERS[arch]
     path = save_arch_checkpoint(arch, tmp_path / arch, num_layers=4)
     margs = {"pretrained": str(path), **CALIB, **checkpoint_wrapper_kwargs(arch, path)}
-    lm = PrunedVLM(**margs, criterion="math", budget=1, plan_cache=False)
-    assert lm.base_name == arch and type(lm.base).__name__ == wrapper
+    lm = PrunedVLM(**margs, criterion="math", budget=1, plan_cache=False, **options)
+    assert lm.base_name == base and type(lm.base).__name__ == wrapper
     assert len(find_decoder_layers(lm.hf_model)) == 3
     assert lm.calibration_forwards == 8
+    towers = ("vision_tower", "vision_model", "visual")
+    tower = next(m for n, m in lm.hf_model.named_modules() if n.rsplit(".", 1)[-1] in towers)
+    seen = []
+    tower.register_forward_hook(lambda *_: seen.append(1))
     out = simple_evaluate(
         model=lm,
         tasks=["prune_test_colours"],
         limit=2,
         task_manager=TaskManager(include_path=TASKS),
     )
+    assert seen  # the wrapper's processor and prompt put the images through the vision tower
     assert 0.0 <= out["results"]["prune_test_colours"]["exact_match,none"] <= 1.0
     assert out["config"]["prune_plan"]["removed"] == list(lm.plan.removed)
+
+
+@pytest.mark.slow
+def test_a_base_that_loads_another_architecture_is_refused_before_calibration(tmp_path):
+    """lmms-eval's glm4v picks its model class from the path: a dense GLM-4V checkpoint whose
+    path does not say "Flash" loads as GLM-4V-MoE. That is named, not measured."""
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
+
+    path = save_arch_checkpoint("glm4v", tmp_path / "glm4v", num_layers=4)
+    margs = {"pretrained": str(path), **CALIB, **checkpoint_wrapper_kwargs("glm4v", path)}
+    with pytest.raises(ValueError, match="model_type 'glm4v_moe'.*model_type is 'glm4v'"):
+        PrunedVLM(**margs, base="glm4v", criterion="math", budget=1, plan_cache=False)
+
+
+def test_a_base_whose_wrapper_does_not_import_is_named(monkeypatch):
+    from lmms_eval import models
+
+    from lmms_prune_plugin.models.base import wrapper_class
+
+    def missing(name, force_simple=False):
+        raise ModuleNotFoundError("No module named 'librosa'")
+
+    monkeypatch.setattr(models, "get_model", missing)
+    with pytest.raises(ValueError, match=r"base='phi4_multimodal' cannot be used.*librosa"):
+        wrapper_class("phi4_multimodal", simple=False)
+
+
+def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
+    """gemma4 defaults to trust_remote_code=True: it is given false. qwen3_5 always trusts: a
+    checkpoint that ships code is refused before anything loads."""
+    import json
+
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM, _check_remote_code
+
+    kwargs: dict = {}
+    _check_remote_code("gemma4", False, {"model_type": "gemma4"}, False, kwargs)
+    assert kwargs == {"trust_remote_code": False}
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "qwen3_5", "num_hidden_layers": 4,
+        "auto_map": {"AutoConfig": "configuration_x.XConfig"},
+    }))  # fmt: skip
+    with pytest.raises(ValueError, match=r"base='qwen3_5' loads with trust_remote_code=True"):
+        PrunedVLM(pretrained=str(tmp_path), **CALIB, criterion="math", budget=1, plan_cache=False)

@@ -13,7 +13,19 @@ WRAPPERS: dict[str, str] = {
     "llava": "llava_hf",
     "llava_next": "llava_hf",
     "gemma3": "gemma3",
+    "gemma4": "gemma4",
     "idefics2": "idefics2",
+    "internvl": "internvl_hf",
+    "mllama": "llama_vision",
+    "mistral3": "mistral3_vl",
+    "glm4v_moe": "glm4v",  # not glm4v: that wrapper picks the MoE class unless the path says "Flash"
+    "qwen3_5": "qwen3_5",
+}
+#: lmms-eval wrappers that load with trust_remote_code=True whatever they are given.
+REMOTE_CODE_ALWAYS: dict[str, str] = {
+    "qwen3_vl": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
+    "qwen3_5": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
+    "mistral3_vl": "lmms_eval/models/simple/mistral3_vl.py:79,89 (model and processor)",
 }
 FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
 
@@ -38,7 +50,13 @@ def wrapper_class(name: str, simple: bool) -> type:
     if name not in available or name == "pruned_vlm":
         choices = ", ".join(sorted(a for a in available if a != "pruned_vlm"))
         raise ValueError(f"base={name!r} is not an lmms-eval model; choose one of: {choices}")
-    return models.get_model(name, force_simple=simple)
+    try:
+        return models.get_model(name, force_simple=simple)
+    except ImportError as err:  # a wrapper's optional dependency (phi4_multimodal: librosa)
+        raise ValueError(
+            f"base={name!r} cannot be used: lmms-eval's wrapper does not import ({err}); install "
+            f"what it needs, or choose another base such as {FALLBACK_WRAPPER!r}"
+        ) from err
 
 
 def build_wrapper(name: str, simple: bool, **kwargs: Any):

@@ -24,7 +24,15 @@ from ..planner import Planner, PruneOptions, check_options, prune_option_names
 from ..plugins import get_criterion
 from . import engine as engines
 from . import results
-from .base import build_wrapper, pick_wrapper, read_config, unwrap, wrapper_class
+from .base import (
+    FALLBACK_WRAPPER,
+    REMOTE_CODE_ALWAYS,
+    build_wrapper,
+    pick_wrapper,
+    read_config,
+    unwrap,
+    wrapper_class,
+)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -87,6 +95,7 @@ class PrunedVLM(lmms):
             base_kwargs, self.engine_kwargs = engines.split_base_and_engine_args(
                 self.base_name, self.is_simple, base_kwargs
             )
+        _check_remote_code(self.base_name, self.is_simple, config, trust, base_kwargs)
         _check_base_kwargs(self.base_name, self.is_simple, base_kwargs)
 
         self.base = build_wrapper(
@@ -94,6 +103,7 @@ class PrunedVLM(lmms):
         )
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
+        _check_loaded(self.base_name, self.pretrained, config, self.hf_model)
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
         self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
@@ -250,6 +260,35 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
             f"{k}={kwargs[k]!r} is not an argument of pruned_vlm or of its base wrapper {base!r}"
             f"{closest(k, [*OWN_ARGS, *named])}; pruned_vlm takes {', '.join(OWN_ARGS)}; "
             f"{base} takes {', '.join(named)}"
+        )
+
+
+def _check_remote_code(base: str, simple: bool, config: dict, trust: bool, kwargs: dict) -> None:
+    """Remote code runs only when the user says so: a wrapper that defaults to
+    trust_remote_code=True (gemma3, gemma4) is given false, and one that always trusts is
+    refused for a checkpoint that ships code (``auto_map``)."""
+    if "trust_remote_code" in _named_params(wrapper_class(base, simple)):
+        kwargs["trust_remote_code"] = trust
+    if not trust and base in REMOTE_CODE_ALWAYS and config.get("auto_map"):
+        raise ValueError(
+            f"base={base!r} loads with trust_remote_code=True whatever it is given "
+            f"({REMOTE_CODE_ALWAYS[base]}), and this checkpoint ships its own code (auto_map in "
+            f"config.json); pass trust_remote_code=true to run that code, or choose "
+            f"base={FALLBACK_WRAPPER!r}"
+        )
+
+
+def _check_loaded(base: str, pretrained: str, config: dict, model) -> None:
+    """The base wrapper loaded the checkpoint's own architecture (lmms-eval's glm4v picks its
+    model class from the path), else nothing later would be measured on the right model."""
+    # The config class's model_type: an instance keeps the one read from config.json.
+    got = getattr(type(getattr(model, "config", None)), "model_type", None)
+    want = config.get("model_type")
+    if want and got and want != got:
+        raise ValueError(
+            f"base={base!r} loaded {pretrained} as {type(model).__name__} (model_type {got!r}), "
+            f"but the checkpoint's model_type is {want!r}; choose base={FALLBACK_WRAPPER!r} or "
+            "a wrapper that loads this architecture"
         )
 
 

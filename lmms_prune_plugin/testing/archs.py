@@ -264,7 +264,18 @@ def text_batch(seed: int = 0, lengths: tuple[int, ...] = (9, 6)) -> dict[str, to
 
 
 #: Architectures :func:`save_arch_checkpoint` saves with a processor, for lmms-eval wrappers.
-CHECKPOINTS: tuple[str, ...] = ("gemma3", "idefics2", "qwen3_5")
+CHECKPOINTS: tuple[str, ...] = (
+    "gemma3",
+    "gemma4",
+    "glm4v",
+    "glm4v_moe",
+    "idefics2",
+    "internvl",
+    "mistral3",
+    "mllama",
+    "phi4_multimodal",
+    "qwen3_5",
+)
 
 _GEMMA3_TOKENS = [
     "<pad>",
@@ -302,7 +313,14 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
     cfg = arch_config(model_type, num_layers, hidden_size=32)
     builders = {
         "gemma3": _gemma3_processor,
+        "gemma4": _gemma4_processor,
+        "glm4v": _glm4v_processor,
+        "glm4v_moe": _glm4v_processor,
         "idefics2": _idefics2_processor,
+        "internvl": _internvl_processor,
+        "mistral3": _mistral3_processor,
+        "mllama": _mllama_processor,
+        "phi4_multimodal": _phi4_multimodal_processor,
         "qwen3_5": _qwen3_5_processor,
     }
     tok, processor = builders[model_type](cfg)
@@ -329,22 +347,10 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
 def _gemma3_processor(cfg):
     import transformers as tf
 
-    from .tiny import _vocab_size, build_tokenizer
-
-    bpe = build_tokenizer(_GEMMA3_TOKENS)
-    tok = tf.PreTrainedTokenizerFast(
-        tokenizer_object=bpe.backend_tokenizer,
-        pad_token="<pad>",
-        eos_token="<end_of_turn>",
-        bos_token="<bos>",
-        extra_special_tokens={
-            "boi_token": "<start_of_image>",
-            "eoi_token": "<end_of_image>",
-            "image_token": "<image_soft_token>",
-        },
-        chat_template=_GEMMA3_TEMPLATE,
-    )
-    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    media = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+             "image_token": "<image_soft_token>"}  # fmt: skip
+    tok = _tokenizer(cfg, _GEMMA3_TOKENS, _GEMMA3_TEMPLATE, pad_token="<pad>",
+                     eos_token="<end_of_turn>", bos_token="<bos>", **media)  # fmt: skip
     cfg.mm_tokens_per_image = 4  # 4x4 patches pooled to 2x2
     cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
     cfg.image_token_id = tok.image_token_id
@@ -361,24 +367,12 @@ def _gemma3_processor(cfg):
 def _idefics2_processor(cfg):
     import transformers as tf
 
-    from .tiny import _IDEFICS_TEMPLATE, _vocab_size, build_tokenizer
+    from .tiny import _IDEFICS_TEMPLATE
 
-    bpe = build_tokenizer(
-        ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
-    )
-    tok = tf.PreTrainedTokenizerFast(
-        tokenizer_object=bpe.backend_tokenizer,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="<end_of_utterance>",
-        pad_token="<unk>",
-        extra_special_tokens={
-            "image_token": "<image>",
-            "image_boundary_token": "<fake_token_around_image>",
-        },
-        chat_template=_IDEFICS_TEMPLATE,
-    )
-    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    tokens = ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+    tok = _tokenizer(cfg, tokens, _IDEFICS_TEMPLATE, unk_token="<unk>", bos_token="<s>",
+                     eos_token="<end_of_utterance>", pad_token="<unk>", image_token="<image>",
+                     image_boundary_token="<fake_token_around_image>")  # fmt: skip
     cfg.image_token_id = tok.image_token_id
     cfg.perceiver_config.resampler_n_latents, cfg.perceiver_config.resampler_depth = 4, 1
     side = cfg.vision_config.image_size
@@ -404,21 +398,240 @@ def _qwen3_5_processor(cfg):
     cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
     cfg.vision_start_token_id = ids["<|vision_start|>"]
     cfg.vision_end_token_id = ids["<|vision_end|>"]
-    patch = cfg.vision_config.patch_size
-    factor = patch * 2  # merge_size 2
-    common = {
-        "size": {"shortest_edge": (2 * factor) ** 2, "longest_edge": (4 * factor) ** 2},
-        "patch_size": patch,
-        "merge_size": 2,
-        "temporal_patch_size": cfg.vision_config.temporal_patch_size,
-        "image_mean": [0.5] * 3,
-        "image_std": [0.5] * 3,
-    }
+    common = _grid_kwargs(cfg.vision_config)
     processor = tf.Qwen3VLProcessor(
         image_processor=tf.Qwen2VLImageProcessor(**common),
         tokenizer=tok,
         video_processor=tf.Qwen3VLVideoProcessor(**common),
         chat_template=_QWEN3_TEMPLATE,
+    )
+    return tok, processor
+
+
+def _grid_kwargs(vision) -> dict[str, Any]:
+    """Image/video processor kwargs of the Qwen-style patch grids (Qwen3.5, GLM-4V): images
+    resized to 2x2 .. 4x4 merged patches, so 4 to 16 visual tokens."""
+    factor = vision.patch_size * 2  # merge_size 2
+    return {
+        "size": {"shortest_edge": (2 * factor) ** 2, "longest_edge": (4 * factor) ** 2},
+        "patch_size": vision.patch_size,
+        "merge_size": 2,
+        "temporal_patch_size": vision.temporal_patch_size,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
+
+
+def _glm4v_processor(cfg):
+    import transformers as tf
+
+    template = _chat_template("<|{{ m['role'] }}|>\n", "", "<|begin_of_image|><|image|><|end_of_image|>",
+                              "<|assistant|>\n")  # fmt: skip
+    media = ["<|begin_of_image|>", "<|end_of_image|>", "<|image|>",
+             "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]  # fmt: skip
+    turns = ["<|system|>", "<|user|>", "<|assistant|>"]
+    tok = _tokenizer(cfg, ["<|endoftext|>", "[gMASK]", *turns, *media], template,
+                     bos_token="[gMASK]", eos_token="<|endoftext|>", pad_token="<|endoftext|>")  # fmt: skip
+    ids = [tok.convert_tokens_to_ids(t) for t in media]
+    (cfg.image_start_token_id, cfg.image_end_token_id, cfg.image_token_id,
+     cfg.video_start_token_id, cfg.video_end_token_id, cfg.video_token_id) = ids  # fmt: skip
+    common = _grid_kwargs(cfg.vision_config)
+    processor = tf.Glm4vProcessor(
+        image_processor=tf.Glm4vImageProcessor(**common),
+        tokenizer=tok,
+        video_processor=tf.Glm4vVideoProcessor(**common),
+        chat_template=template,
+    )
+    return tok, processor
+
+
+def _gemma4_processor(cfg):
+    import transformers as tf
+
+    # The default Gemma4 config has no vision tower: a one-layer one, 8-pixel patches pooled 3x3.
+    cfg.vision_config = tf.Gemma4VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, patch_size=8, position_embedding_size=1024,
+    )  # fmt: skip
+    media = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+             "image_token": "<image_soft_token>", "audio_token": "<audio_soft_token>",
+             "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}  # fmt: skip
+    template = _chat_template(
+        "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n",
+        "<end_of_turn>\n", "<image_soft_token>", "<start_of_turn>model\n",
+    )  # fmt: skip
+    tokens = [
+        "<pad>",
+        "<eos>",
+        "<bos>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        *media.values(),
+        "<|video|>",
+    ]
+    tok = _tokenizer(cfg, tokens, template, pad_token="<pad>", eos_token="<end_of_turn>",
+                     bos_token="<bos>", **media)  # fmt: skip
+    cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
+    cfg.image_token_id, cfg.video_token_id = (
+        tok.image_token_id,
+        tok.convert_tokens_to_ids("<|video|>"),
+    )
+    cfg.audio_token_id, cfg.boa_token_id = tok.audio_token_id, tok.boa_token_id
+    cfg.eoa_token_index = tok.eoa_token_id
+    text = cfg.get_text_config()  # the per-layer input table covers the whole vocabulary
+    text.vocab_size_per_layer_input = text.vocab_size
+    # In generate, Gemma4 runs its KV-shared layers on the last position only, which calibration
+    # cannot measure (refused): this checkpoint has none, so the wrapper itself is what is tested.
+    text.num_kv_shared_layers = 0
+    patch = {"patch_size": 8, "max_soft_tokens": 70, "pooling_kernel_size": 3}
+    processor = tf.Gemma4Processor(
+        feature_extractor=tf.Gemma4AudioFeatureExtractor(),
+        image_processor=tf.Gemma4ImageProcessor(**patch),
+        tokenizer=tok,
+        video_processor=tf.Gemma4VideoProcessor(**patch),
+        image_seq_length=70,
+        chat_template=template,
+    )
+    return tok, processor
+
+
+def _phi4_multimodal_processor(cfg):
+    import transformers as tf
+
+    template = _chat_template("<|{{ m['role'] }}|>", "<|end|>", "<|image|>", "<|assistant|>")
+    tokens = [
+        "<|endoftext|>",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|end|>",
+        "<|image|>",
+        "<|audio|>",
+    ]
+    tok = _tokenizer(cfg, tokens, template, bos_token="<|endoftext|>", eos_token="<|end|>",
+                     pad_token="<|endoftext|>", image_token="<|image|>", audio_token="<|audio|>")  # fmt: skip
+    cfg.vision_config.image_token_id, cfg.audio_config.audio_token_id = (
+        tok.image_token_id,
+        tok.audio_token_id,
+    )
+    side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    processor = tf.Phi4MultimodalProcessor(
+        image_processor=tf.Phi4MultimodalImageProcessor(
+            size={"height": side, "width": side}, patch_size=patch, dynamic_hd=1
+        ),
+        audio_processor=tf.Phi4MultimodalFeatureExtractor(),
+        tokenizer=tok,
+        chat_template=template,
+    )
+    return tok, processor
+
+
+def _chat_template(turn: str, end: str, image: str, prompt: str) -> str:
+    """A chat template whose messages are ``turn`` + contents + ``end`` (jinja, ``m`` is the
+    message), an image content becoming ``image`` (the placeholder the processor expands), and
+    ``prompt`` the generation prompt."""
+    return (
+        "{{ bos_token }}{% for m in messages %}" + turn
+        + "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}" + image + "{% elif c['type'] == 'text' %}{{ c['text'] }}"
+        "{% endif %}{% endfor %}{% endif %}" + end + "{% endfor %}"
+        "{% if add_generation_prompt %}" + prompt + "{% endif %}"
+    )  # fmt: skip
+
+
+def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
+    """The tiny BPE with ``tokens`` as its special tokens; ``named``: bos/eos/pad/unk roles and
+    the processor's named tokens (``image_token``, ...). The text vocabulary is sized to it."""
+    import transformers as tf
+
+    from .tiny import _vocab_size, build_tokenizer
+
+    roles = {
+        k: named.pop(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if k in named
+    }
+    tok = tf.PreTrainedTokenizerFast(
+        tokenizer_object=build_tokenizer(tokens).backend_tokenizer,
+        extra_special_tokens=named,
+        chat_template=template,
+        **roles,
+    )  # fmt: skip
+    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    return tok
+
+
+def _internvl_processor(cfg):
+    import transformers as tf
+
+    image = {"start_image_token": "<img>", "end_image_token": "</img>",
+             "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}  # fmt: skip
+    template = _chat_template(
+        "<|im_start|>{{ m['role'] }}\n",
+        "<|im_end|>\n",
+        "<IMG_CONTEXT>\n",
+        "<|im_start|>assistant\n",
+    )
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *image.values()]
+    tok = _tokenizer(cfg, tokens, template, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                     bos_token="<|endoftext|>", **image)  # fmt: skip
+    cfg.image_token_id = tok.context_image_token_id
+    # 56x56 pixels in 14x14 patches, pixel-shuffled by 0.5: 4 tokens per image.
+    cfg.vision_config.image_size, cfg.vision_config.patch_size = [56, 56], [14, 14]
+    cfg.image_seq_length = 4
+    size = {"height": 56, "width": 56}
+    processor = tf.InternVLProcessor(
+        image_processor=tf.GotOcr2ImageProcessor(size=size),
+        tokenizer=tok,
+        video_processor=tf.InternVLVideoProcessor(size=size),
+        image_seq_length=cfg.image_seq_length,
+        chat_template=template,
+    )
+    return tok, processor
+
+
+def _mllama_processor(cfg):
+    import transformers as tf
+
+    header = "<|start_header_id|>{}<|end_header_id|>\n\n"
+    template = _chat_template(
+        header.format("{{ m['role'] }}"), "<|eot_id|>", "<|image|>", header.format("assistant")
+    )
+    tokens = ["<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
+              "<|start_header_id|>", "<|end_header_id|>", "<|image|>", "<|python_tag|>"]  # fmt: skip
+    tok = _tokenizer(cfg, tokens, template, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                     pad_token="<|finetune_right_pad_id|>", image_token="<|image|>")  # fmt: skip
+    cfg.image_token_index = tok.image_token_id
+    vision = cfg.vision_config  # the projector reads the last and the intermediate hidden states
+    vision.vision_output_dim = vision.hidden_size * (len(vision.intermediate_layers_indices) + 1)
+    side = vision.image_size
+    processor = tf.MllamaProcessor(
+        # Tiles are padded to the vision tower's max_num_tiles (4), each side x side pixels.
+        image_processor=tf.MllamaImageProcessor(size={"height": side, "width": side}),
+        tokenizer=tok,
+        chat_template=template,
+    )
+    return tok, processor
+
+
+def _mistral3_processor(cfg):
+    import transformers as tf
+
+    template = _chat_template(
+        "{% if m['role'] == 'user' %}[INST]{% endif %}",
+        "{% if m['role'] == 'user' %}[/INST]{% else %}</s>{% endif %}",
+        "[IMG]",
+        "",
+    )
+    tokens = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+    tok = _tokenizer(cfg, tokens, template, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                     pad_token="<unk>")  # fmt: skip
+    cfg.image_token_index = tok.convert_tokens_to_ids("[IMG]")
+    side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    processor = tf.PixtralProcessor(
+        image_processor=tf.PixtralImageProcessor(size={"longest_edge": side}, patch_size=patch),
+        tokenizer=tok,
+        patch_size=patch,
+        spatial_merge_size=cfg.spatial_merge_size,
+        chat_template=template,
     )
     return tok, processor
 
