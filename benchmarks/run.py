@@ -77,9 +77,11 @@ FULL = Config(
     ),
     prune_ks=(2, 4, 6, 8),
     prune_seq_len=1024,
-    prune_new_tokens=32,
+    # 16 tokens a call, not more: a decode round runs seven variants, and more rounds (not longer
+    # calls) are what narrows a bootstrap interval; at 32 the cap allowed only 5 rounds.
+    prune_new_tokens=16,
     prefill_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=50.0),
-    decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=80.0),
+    decode_plan=Adaptive(min_rounds=8, max_rounds=40, cap_s=100.0),
     cache_layers=48,
     cache_hidden=1024,
     cache_calib_limit=2,

@@ -76,7 +76,8 @@ def test_results_files_have_every_part(quick):
 
 def test_every_ratio_has_intervals_on_both_clocks(quick):
     ratios = ratio_list(quick[0])
-    assert len(ratios) == 2 * 3 + 2 + 1 + 1  # 3 lengths x 2, prefill + decode k=2, A/A, load
+    # 3 lengths x 2; prefill and decode at k=2, each over both ideals; A/A; load
+    assert len(ratios) == 2 * 3 + 2 * 2 + 1 + 1
     for r in ratios:
         for clock in ("cpu", "wall"):
             assert _interval(r["est"][clock]), (r["key"], clock)
@@ -128,9 +129,12 @@ def test_pruning_speedup_rows(quick):
             )
             assert r["ideal_decoder"] == pytest.approx(L / (L - r["k"]))
             assert 1.0 <= r["ideal_model"] <= r["ideal_decoder"] + 1e-9
+            # The fixed part can only lower the ceiling below the decoder ideal.
+            assert 0.0 < r["ceiling"]["cpu"]["value"] <= 1.0 + 1e-9
+            assert _interval(r["ratio_to_ideal_model"]["cpu"])
     # Every variant decoded exactly the requested number of tokens in every round.
     dec = pr["decode"]
-    assert set(dec["tokens_generated"]) == {"k=0", "k=2", "k=0 (A/A)"}
+    assert set(dec["tokens_generated"]) == {"k=0", "k=2", "k=0 (A/A)", "no layers"}
     assert all(v == [dec["new_tokens"]] for v in dec["tokens_generated"].values())
     assert _interval(dec["aa_control"]["cpu"])
 
@@ -227,3 +231,22 @@ def test_scale_invert_overlap_and_pairing():
     assert stats.relative_half_width(e) == pytest.approx(0.75)
     with pytest.raises(ValueError):
         stats.paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_whole_model_ideal_and_ceiling_on_an_exactly_linear_model():
+    """T(k) = F + b (L - k) exactly: pruning gives all the whole-model ideal allows (share 1),
+    and the ceiling is the whole-model ideal over L / (L - k), below 1 as soon as F > 0."""
+    from benchmarks.pruning_speedup import ceiling_shares, model_ideal_shares
+
+    L, k = 12, 8
+    fixed = [2.0, 4.0, 1.0]  # a different machine speed each round
+    per_layer = [1.0, 2.0, 0.5]
+    t0 = [f + b * L for f, b in zip(fixed, per_layer)]
+    tk = [f + b * (L - k) for f, b in zip(fixed, per_layer)]
+    share = (L - k) / L
+    assert model_ideal_shares(t0, tk, fixed, share) == pytest.approx([1.0, 1.0, 1.0])
+    # ceiling = (T0 / Tk) / (L / (L - k)): 14/6 / 3 in round one (F/b = 2 in every round)
+    assert ceiling_shares(t0, fixed, share) == pytest.approx([14 / 18] * 3)
+    # With nothing fixed the ceiling is the decoder ideal itself; a slower pruned model is below it.
+    assert ceiling_shares([12.0], [0.0], share) == pytest.approx([1.0])
+    assert model_ideal_shares([12.0], [8.0], [0.0], share) == pytest.approx([0.5])
