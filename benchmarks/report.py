@@ -221,8 +221,10 @@ def targets_table(res: dict[str, Any]) -> list[str]:
 
 
 def _timing(t: dict[str, Any]) -> str:
+    groups = t.get("groups", 1)
+    where = f" on {groups} allocations of the weights" if groups > 1 else ""
     return (
-        f"{t['rounds']} rounds, stopped by {t['stopped']} after {t['seconds']:.0f} s"
+        f"{t['rounds']} rounds{where}, stopped by {t['stopped']} after {t['seconds']:.0f} s"
         f" (host steal {t['steal_s']:.1f} s)"
     )
 

@@ -48,7 +48,8 @@ class Config:
     prune_seq_len: int
     prune_new_tokens: int
     prefill_plan: Adaptive
-    decode_plan: Adaptive
+    decode_plan: Adaptive  # for all allocations together; each gets its share of the cap
+    decode_allocations: int
     cache_layers: int
     cache_hidden: int
     cache_calib_limit: int
@@ -81,7 +82,8 @@ FULL = Config(
     # calls) are what narrows a bootstrap interval; at 32 the cap allowed only 5 rounds.
     prune_new_tokens=16,
     prefill_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=50.0),
-    decode_plan=Adaptive(min_rounds=8, max_rounds=40, cap_s=100.0),
+    decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=126.0),
+    decode_allocations=3,
     cache_layers=48,
     cache_hidden=1024,
     cache_calib_limit=2,
@@ -111,6 +113,7 @@ QUICK = Config(
     prune_new_tokens=8,
     prefill_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=2.0),
     decode_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=3.0),
+    decode_allocations=2,
     cache_layers=4,
     cache_hidden=64,
     cache_calib_limit=2,
@@ -186,6 +189,7 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
             cfg.prune_new_tokens,
             cfg.prefill_plan,
             cfg.decode_plan,
+            cfg.decode_allocations,
         )
     if name == "plan_cache":
         from . import plan_cache
