@@ -216,22 +216,21 @@ def run(
     new_tokens: int,
     prefill_plan: Adaptive,
     decode_plan: Adaptive,
-    decode_allocations: int = 1,
+    allocations: int = 1,
 ) -> dict[str, Any]:
-    """Prefill on one allocation of the weights; decode on ``decode_allocations`` separate
-    allocations of the same weights, one after the other, each with its share of the time cap:
-    decode reads every weight once per token, and where the weights sit in memory moved the
-    per-layer cost by several percent from one allocation (one run) to the next."""
+    """Prefill then decode rounds on each of ``allocations`` separate allocations of the same
+    seeded weights, one after the other, each with its share of every time cap. Where the
+    weights sit in memory, and which state the host is in for a stretch of seconds, moved whole
+    runs by several percent; the rounds of one allocation cannot show that, the groups can."""
     L = spec.num_layers
     ks = sorted(set([0, *ks]))
     log(
         f"[pruning] a {L}-layer Qwen2ForCausalLM (hidden {spec.hidden_size}) and {len(ks) - 1} "
-        f"pruned views of its weights; decode on {decode_allocations} allocation(s) of them"
+        f"pruned views of its weights, on {allocations} allocation(s) of them"
     )
     ids = token_ids(spec, seq_len)
     prompt = token_ids(spec, PROMPT_LEN, seed=2)
-    names = [*(f"k={k}" for k in ks), AA, NONE]
-    produced: dict[str, set[int]] = {n: set() for n in names}
+    produced: dict[str, set[int]] = {n: set() for n in [*(f"k={k}" for k in ks), AA, NONE]}
 
     def decoding(model, name: str):
         def fn() -> None:
@@ -240,21 +239,18 @@ def run(
         return fn
 
     pairs = [("k=0", f"k={k}") for k in ks if k]
-    models = views(spec, ks)
-    pre = {n: (lambda m=models[n]: prefill(m, ids)) for n in models if n != AA}
-    pre_times = _phase("prefill", pre, pairs, prefill_plan)
-    share = replace(decode_plan, cap_s=decode_plan.cap_s / decode_allocations)
-    parts = []
-    for a in range(decode_allocations):
-        if a:
-            del models
-            models = views(spec, ks)
+    pre_share = replace(prefill_plan, cap_s=prefill_plan.cap_s / allocations)
+    dec_share = replace(decode_plan, cap_s=decode_plan.cap_s / allocations)
+    pre_parts, dec_parts = [], []
+    for a in range(allocations):
+        models = views(spec, ks)
+        of = f"{a + 1}/{allocations}"
+        pre = {n: (lambda m=m: prefill(m, ids)) for n, m in models.items() if n != AA}
+        pre_parts.append(_phase(f"prefill {of}", pre, pairs, pre_share))
         dec = {n: decoding(m, n) for n, m in models.items()}
-        parts.append(
-            _phase(f"decode {a + 1}/{decode_allocations}", dec, [*pairs, (AA, "k=0")], share)
-        )
-    del models
-    dec_times = Timings.concat(parts)
+        dec_parts.append(_phase(f"decode {of}", dec, [*pairs, (AA, "k=0")], dec_share))
+        del models, pre, dec
+    pre_times, dec_times = Timings.concat(pre_parts), Timings.concat(dec_parts)
     tokens = {n: sorted(v) for n, v in produced.items()}
     assert all(v == [new_tokens] for v in tokens.values()), tokens
 
@@ -270,6 +266,7 @@ def run(
             "weights": "shared by every variant of an allocation",
         },
         "removed": {k: removed_layers(L, k) for k in ks},
+        "allocations": allocations,
         "prefill": {
             "seq_len": seq_len,
             "rows": pre_rows,
@@ -279,7 +276,6 @@ def run(
         "decode": {
             "prompt_len": PROMPT_LEN,
             "new_tokens": new_tokens,
-            "allocations": decode_allocations,
             "tokens_generated": tokens,
             "rows": dec_rows,
             "fixed": dec_fixed,

@@ -48,8 +48,8 @@ class Config:
     prune_seq_len: int
     prune_new_tokens: int
     prefill_plan: Adaptive
-    decode_plan: Adaptive  # for all allocations together; each gets its share of the cap
-    decode_allocations: int
+    decode_plan: Adaptive
+    prune_allocations: int  # the caps above are for all allocations together
     cache_layers: int
     cache_hidden: int
     cache_calib_limit: int
@@ -81,9 +81,9 @@ FULL = Config(
     # 16 tokens a call, not more: a decode round runs seven variants, and more rounds (not longer
     # calls) are what narrows a bootstrap interval; at 32 the cap allowed only 5 rounds.
     prune_new_tokens=16,
-    prefill_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=50.0),
+    prefill_plan=Adaptive(min_rounds=4, max_rounds=40, cap_s=90.0),
     decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=126.0),
-    decode_allocations=3,
+    prune_allocations=3,
     cache_layers=48,
     cache_hidden=1024,
     cache_calib_limit=2,
@@ -113,7 +113,7 @@ QUICK = Config(
     prune_new_tokens=8,
     prefill_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=2.0),
     decode_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=3.0),
-    decode_allocations=2,
+    prune_allocations=2,
     cache_layers=4,
     cache_hidden=64,
     cache_calib_limit=2,
@@ -189,7 +189,7 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
             cfg.prune_new_tokens,
             cfg.prefill_plan,
             cfg.decode_plan,
-            cfg.decode_allocations,
+            cfg.prune_allocations,
         )
     if name == "plan_cache":
         from . import plan_cache

@@ -136,10 +136,11 @@ def test_pruning_speedup_rows(quick):
             assert _interval(r["ratio_to_ideal_model"]["cpu"])
     # Every variant decoded exactly the requested number of tokens in every round.
     dec = pr["decode"]
-    # Decode ran on separately allocated weights, one group of rounds each.
-    assert dec["allocations"] == dec["time"]["groups"] == 2
-    assert sorted(set(dec["time"]["round_groups"])) == [0, 1]
-    assert all(r["speedup"]["cpu"]["groups"] == 2 for r in dec["rows"])
+    # Both phases ran on separately allocated weights, one group of rounds each.
+    for phase in ("prefill", "decode"):
+        assert pr["allocations"] == pr[phase]["time"]["groups"] == 2
+        assert sorted(set(pr[phase]["time"]["round_groups"])) == [0, 1]
+        assert all(r["speedup"]["cpu"]["groups"] == 2 for r in pr[phase]["rows"])
     assert set(dec["tokens_generated"]) == {"k=0", "k=2", "k=0 (A/A)", "no layers"}
     assert all(v == [dec["new_tokens"]] for v in dec["tokens_generated"].values())
     assert _interval(dec["aa_control"]["cpu"])
