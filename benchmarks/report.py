@@ -320,7 +320,7 @@ def _pruning(pr: dict[str, Any]) -> list[str]:
         f"Random `{m['class']}`: {L} layers, hidden {m['hidden_size']}, intermediate {m['intermediate_size']}, "
         f"vocab {m['vocab_size']}, float32; k layers removed with `remove_decoder_layers_` "
         f"(removed: {', '.join(f'k={k}: {v}' for k, v in pr['removed'].items() if v)}). "
-        f"Every variant shares the same weight tensors. "
+        f"Every variant of an allocation shares its weight tensors. "
         f"Prefill: one forward over {pre['seq_len']} tokens building the KV cache, logits of the last "
         f"position only. Decode: `generate` of exactly {dec['new_tokens']} tokens "
         f"(`min_new_tokens` = `max_new_tokens`, no EOS) after a {dec['prompt_len']}-token prompt, per token. "
