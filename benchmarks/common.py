@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tqdm import tqdm
@@ -129,9 +129,14 @@ class Timings:
     seconds: float = 0.0
     stopped: str = ""
     steal_s: float = 0.0
+    groups: list[int] = field(default_factory=list)  # per round; empty: one group
 
     def of(self, clock: str) -> dict[str, list[float]]:
         return self.cpu if clock == "cpu" else self.wall
+
+    def group_labels(self, n: int) -> list[int] | None:
+        """The group of each of the first ``n`` rounds, or None when there is one group."""
+        return self.groups[:n] if len(set(self.groups)) > 1 else None
 
     def ratio(self, num: str, den: str, clock: str = "cpu") -> dict[str, Any]:
         """Median of the per-round ratios num/den with its bootstrap interval."""
@@ -139,7 +144,26 @@ class Timings:
 
         t = self.of(clock)
         n = min(len(t[num]), len(t[den]))
-        return ratio_estimate(t[num][:n], t[den][:n])
+        return ratio_estimate(t[num][:n], t[den][:n], groups=self.group_labels(n))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Timings]) -> Timings:
+        """The rounds of ``parts`` (same variants, run one after the other) as one set of
+        rounds in groups, one group per part."""
+        names = list(parts[0].wall)
+        out = cls({n: [] for n in names}, {n: [] for n in names})
+        for g, part in enumerate(parts):
+            for n in names:
+                if len(part.wall[n]) != part.rounds:
+                    raise ValueError(f"variant {n!r} was not timed in every round of part {g}")
+                out.wall[n] += part.wall[n]
+                out.cpu[n] += part.cpu[n]
+            out.groups += [g] * part.rounds
+            out.rounds += part.rounds
+            out.seconds += part.seconds
+            out.steal_s += part.steal_s
+        out.stopped = ", ".join(p.stopped for p in parts)
+        return out
 
     def ratios(self, num: str, den: str) -> dict[str, dict[str, Any]]:
         """``{"cpu": estimate, "wall": estimate}`` of num/den."""
@@ -161,13 +185,18 @@ class Timings:
                 for n in self.wall
             },
             "rounds": self.rounds,
+            "groups": len(set(self.groups)) or 1,
             "seconds": self.seconds,
             "stopped": self.stopped,
             "steal_s": self.steal_s,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"wall_s": self.wall, "cpu_s": self.cpu} | self.summary()
+        return {
+            "wall_s": self.wall,
+            "cpu_s": self.cpu,
+            "round_groups": self.groups,
+        } | self.summary()
 
 
 def interleaved(

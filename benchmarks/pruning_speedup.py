@@ -5,9 +5,13 @@ applied. Prefill is one forward over ``seq_len`` tokens that builds the KV cache
 logits of the last position only (what ``generate`` does); decode is ``generate`` of exactly
 ``new_tokens`` tokens after a short prompt, reported per token.
 
-The decoder-only ideal speed-up is L / (L - k). The whole-model ideal also counts what pruning
-cannot shrink (embedding lookup, final norm, lm_head), timed on their own with the same shapes:
-ideal = T0 / (F + (T0 - F) (L - k) / L), with T0 the unpruned time and F that fixed part.
+The decoder-only ideal speed-up is L / (L - k). What pruning cannot shrink (embedding lookup,
+final norm, lm_head and, in decode, ``generate``'s own per-token work) is timed in the same
+rounds as a copy with no decoder layer at all, run exactly like the others; with F its time and
+T0 the unpruned one, the best any removal of k layers can give is the whole-model ideal
+T0 / (F + (T0 - F) (L - k) / L). Both ideals are computed per round, so their intervals come
+from the same paired rounds as the speed-ups; the whole-model ideal over the decoder ideal is the
+*ceiling*: the share of L / (L - k) no implementation can exceed on this model and machine.
 
 Every variant, the unpruned one included, is a structural copy of one model that shares its
 parameter tensors: a pruned variant runs a subset of the very same weight memory. Separate deep
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -37,12 +42,13 @@ from .common import (
     progress,
     token_ids,
 )
-from .stats import INCONCLUSIVE, MET, MISSED, scale, verdict
+from .stats import INCONCLUSIVE, MET, MISSED, estimate, scale, verdict
 
 PROMPT_LEN = 16
 MIN_RATIO_TO_IDEAL = 0.9  # speed-up / (L / (L - k))
 CLOCK = "cpu"  # the clock the targets are judged on (see benchmarks/README.md, Method)
 AA = "k=0 (A/A)"
+NONE = "no layers"
 
 
 def removed_layers(num_layers: int, k: int) -> list[int]:
@@ -72,20 +78,6 @@ def decode(model, prompt: torch.Tensor, new_tokens: int) -> int:
     return produced
 
 
-def fixed_prefill(model, ids: torch.Tensor) -> None:
-    """What a prefill does outside the decoder layers: embed all tokens, norm + lm_head on the last."""
-    h = model.model.embed_tokens(ids)
-    model.lm_head(model.model.norm(h[:, -1:]))
-
-
-def fixed_decode(model, prompt: torch.Tensor, new_tokens: int) -> None:
-    """The same outside-the-layers work for ``new_tokens`` single-token steps."""
-    tok = prompt[:, -1:]
-    for _ in range(new_tokens):
-        h = model.model.embed_tokens(tok)
-        tok = model.lm_head(model.model.norm(h)).argmax(-1)
-
-
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """Least squares y = a + b x; returns (a, b)."""
     n = len(xs)
@@ -107,6 +99,30 @@ def shared_copy(model, drop: Sequence[int] = ()):
     return copy_
 
 
+def no_layers_copy(model):
+    """A shared copy with every decoder layer gone: what pruning cannot shrink, run the way the
+    pruned variants run (built here: ``remove_decoder_layers_`` always keeps one layer)."""
+    copy_ = shared_copy(model)
+    copy_.model.layers = torch.nn.ModuleList()
+    copy_.config.num_hidden_layers = 0
+    if getattr(copy_.config, "layer_types", None) is not None:
+        copy_.config.layer_types = []
+    return copy_
+
+
+def model_ideal_shares(
+    t0: Sequence[float], tk: Sequence[float], fixed: Sequence[float], kept_share: float
+) -> list[float]:
+    """Per round: the measured speed-up T0 / Tk over the whole-model ideal
+    T0 / (F + (T0 - F) kept_share), i.e. (F + (T0 - F) kept_share) / Tk."""
+    return [(f + (a - f) * kept_share) / b for a, b, f in zip(t0, tk, fixed)]
+
+
+def ceiling_shares(t0: Sequence[float], fixed: Sequence[float], kept_share: float) -> list[float]:
+    """Per round: the whole-model ideal over the decoder ideal 1 / kept_share."""
+    return [a * kept_share / (f + (a - f) * kept_share) for a, f in zip(t0, fixed)]
+
+
 def _phase(
     name: str, variants: dict[str, Any], pairs: list[tuple[str, str]], plan: Adaptive
 ) -> Timings:
@@ -119,34 +135,53 @@ def _phase(
 
 
 def _rows(times: Timings, ks: Sequence[int], L: int, per: float) -> tuple[list[dict], dict]:
-    """Speed-up rows with intervals (both clocks) and the fixed-part fit (target clock)."""
-    med = {n: v[CLOCK]["median_s"] / per for n, v in times.summary()["variants"].items()}
-    t0 = med["k=0"]
-    fixed = min(med["fixed"], t0)
+    """Speed-up rows with intervals (both clocks), the ideals and the fixed part."""
+    summary = times.summary()["variants"]
+    med = {n: v[CLOCK]["median_s"] / per for n, v in summary.items()}
     rows = []
     for k in ks:
-        ideal_dec = L / (L - k)
-        ideal_model = t0 / (fixed + (t0 - fixed) * (L - k) / L)
+        share = (L - k) / L
+        ideal_dec = 1 / share
+        by_model, ceiling = {}, {}
+        for c in ("cpu", "wall"):
+            t = times.of(c)
+            groups = times.group_labels(len(t["k=0"]))
+            by_model[c] = estimate(
+                model_ideal_shares(t["k=0"], t[f"k={k}"], t[NONE], share), groups=groups
+            )
+            ceiling[c] = estimate(ceiling_shares(t["k=0"], t[NONE], share), groups=groups)
         speedup = {c: times.ratio("k=0", f"k={k}", c) for c in ("cpu", "wall")}
         rows.append(
             {
                 "k": k,
                 "kept": L - k,
                 "seconds": med[f"k={k}"],
-                "wall_seconds": times.summary()["variants"][f"k={k}"]["wall"]["median_s"] / per,
+                "wall_seconds": summary[f"k={k}"]["wall"]["median_s"] / per,
                 "speedup": speedup,
                 "ideal_decoder": ideal_dec,
-                "ideal_model": ideal_model,
-                "ratio_to_ideal_decoder": {c: scale(e, 1 / ideal_dec) for c, e in speedup.items()},
-                "ratio_to_ideal_model": {c: scale(e, 1 / ideal_model) for c, e in speedup.items()},
+                "ideal_model": ceiling[CLOCK]["value"] * ideal_dec,
+                "ceiling": ceiling,
+                "ratio_to_ideal_decoder": {c: scale(e, share) for c, e in speedup.items()},
+                "ratio_to_ideal_model": by_model,
             }
         )
+    t0 = med["k=0"]
     a, b = linear_fit([L - k for k in ks], [med[f"k={k}"] for k in ks])
-    return rows, {"fixed_s": fixed, "fit_intercept_s": a, "fit_per_layer_s": b, "t0_s": t0}
+    return rows, {
+        "fixed_s": med[NONE],
+        "fixed_share": med[NONE] / t0,
+        "fit_intercept_s": a,
+        "fit_per_layer_s": b,
+        "t0_s": t0,
+    }
 
 
 def _judge(rows: list[dict], clock: str) -> dict[str, Any]:
-    """Met only if met at every k; missed if missed at any k; else inconclusive."""
+    """Met only if met at every k; missed if missed at any k; else inconclusive.
+
+    ``unreachable``: the k whose ceiling interval lies wholly below the limit, where no removal
+    of k layers could meet the target because of the part pruning cannot shrink.
+    """
     per_k = {
         r["k"]: verdict(r["ratio_to_ideal_decoder"][clock], MIN_RATIO_TO_IDEAL, at_most=False)
         for r in rows
@@ -154,7 +189,24 @@ def _judge(rows: list[dict], clock: str) -> dict[str, Any]:
     }
     v = list(per_k.values())
     overall = MISSED if MISSED in v else MET if all(x == MET for x in v) else INCONCLUSIVE
-    return {"verdict": overall, "per_k": per_k}
+    unreachable = [
+        r["k"] for r in rows if r["k"] and r["ceiling"][clock]["hi"] < MIN_RATIO_TO_IDEAL
+    ]
+    return {"verdict": overall, "per_k": per_k, "unreachable": unreachable}
+
+
+def views(spec: DecoderSpec, ks: Sequence[int]) -> dict[str, Any]:
+    """A freshly allocated model with seeded weights, and its views: each k, the A/A copy and
+    the view with no layers."""
+    L = spec.num_layers
+    base = build_decoder(spec, causal_lm=True)
+    base.generation_config.eos_token_id = None  # exactly new_tokens tokens, never an early stop
+    models = {f"k={k}": shared_copy(base, removed_layers(L, k)) for k in ks}
+    models[AA] = shared_copy(base)
+    models[NONE] = no_layers_copy(base)
+    for k in ks:
+        assert len(models[f"k={k}"].model.layers) == L - k
+    return models
 
 
 def run(
@@ -164,40 +216,41 @@ def run(
     new_tokens: int,
     prefill_plan: Adaptive,
     decode_plan: Adaptive,
+    allocations: int = 1,
 ) -> dict[str, Any]:
+    """Prefill then decode rounds on each of ``allocations`` separate allocations of the same
+    seeded weights, one after the other, each with its share of every time cap. Where the
+    weights sit in memory, and which state the host is in for a stretch of seconds, moved whole
+    runs by several percent; the rounds of one allocation cannot show that, the groups can."""
     L = spec.num_layers
     ks = sorted(set([0, *ks]))
     log(
         f"[pruning] a {L}-layer Qwen2ForCausalLM (hidden {spec.hidden_size}) and {len(ks) - 1} "
-        "pruned views of its weights"
+        f"pruned views of its weights, on {allocations} allocation(s) of them"
     )
-    base = build_decoder(spec, causal_lm=True)
-    base.generation_config.eos_token_id = None  # exactly new_tokens tokens, never an early stop
-    models = {f"k={k}": shared_copy(base, removed_layers(L, k)) for k in ks}
-    models[AA] = shared_copy(base)
-    for k in ks:
-        assert len(models[f"k={k}"].model.layers) == L - k
-    keep = models["k=0"]
-    del base
-
     ids = token_ids(spec, seq_len)
     prompt = token_ids(spec, PROMPT_LEN, seed=2)
-    produced: dict[str, set[int]] = {n: set() for n in models}
+    produced: dict[str, set[int]] = {n: set() for n in [*(f"k={k}" for k in ks), AA, NONE]}
 
-    def decoding(name: str):
+    def decoding(model, name: str):
         def fn() -> None:
-            produced[name].add(decode(models[name], prompt, new_tokens))
+            produced[name].add(decode(model, prompt, new_tokens))
 
         return fn
 
-    pre = {f"k={k}": (lambda m=models[f"k={k}"]: prefill(m, ids)) for k in ks}
-    pre["fixed"] = lambda: fixed_prefill(keep, ids)
-    dec = {name: decoding(name) for name in models}
-    dec["fixed"] = lambda: fixed_decode(keep, prompt, new_tokens)
     pairs = [("k=0", f"k={k}") for k in ks if k]
-
-    pre_times = _phase("prefill", pre, pairs, prefill_plan)
-    dec_times = _phase("decode", dec, [*pairs, (AA, "k=0")], decode_plan)
+    pre_share = replace(prefill_plan, cap_s=prefill_plan.cap_s / allocations)
+    dec_share = replace(decode_plan, cap_s=decode_plan.cap_s / allocations)
+    pre_parts, dec_parts = [], []
+    for a in range(allocations):
+        models = views(spec, ks)
+        of = f"{a + 1}/{allocations}"
+        pre = {n: (lambda m=m: prefill(m, ids)) for n, m in models.items() if n != AA}
+        pre_parts.append(_phase(f"prefill {of}", pre, pairs, pre_share))
+        dec = {n: decoding(m, n) for n, m in models.items()}
+        dec_parts.append(_phase(f"decode {of}", dec, [*pairs, (AA, "k=0")], dec_share))
+        del models, pre, dec
+    pre_times, dec_times = Timings.concat(pre_parts), Timings.concat(dec_parts)
     tokens = {n: sorted(v) for n, v in produced.items()}
     assert all(v == [new_tokens] for v in tokens.values()), tokens
 
@@ -210,9 +263,10 @@ def run(
             "decoder_params": spec.decoder_params(),
             "class": "Qwen2ForCausalLM",
             "dtype": "float32",
-            "weights": "shared by every variant",
+            "weights": "shared by every variant of an allocation",
         },
         "removed": {k: removed_layers(L, k) for k in ks},
+        "allocations": allocations,
         "prefill": {
             "seq_len": seq_len,
             "rows": pre_rows,

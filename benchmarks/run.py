@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run            # full run, about 7 minutes on 2 cores
+    python -m benchmarks.run            # full run, about 9 minutes on 2 cores
     python -m benchmarks.run --quick    # tiny models, about half a minute
     python -m benchmarks.run --only calibration_cost pruning_speedup --out /tmp/bench
 """
@@ -49,6 +49,7 @@ class Config:
     prune_new_tokens: int
     prefill_plan: Adaptive
     decode_plan: Adaptive
+    prune_allocations: int  # the caps above are for all allocations together
     cache_layers: int
     cache_hidden: int
     cache_calib_limit: int
@@ -61,7 +62,7 @@ class Config:
     sweep_calib_limit: int = 8
 
 
-# The full run: about 7 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
+# The full run: about 9 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
 # part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
 # target is 1.02).
 FULL = Config(
@@ -77,9 +78,12 @@ FULL = Config(
     ),
     prune_ks=(2, 4, 6, 8),
     prune_seq_len=1024,
-    prune_new_tokens=32,
-    prefill_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=50.0),
-    decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=80.0),
+    # 16 tokens a call, not more: a decode round runs seven variants, and more rounds (not longer
+    # calls) are what narrows a bootstrap interval; at 32 the cap allowed only 5 rounds.
+    prune_new_tokens=16,
+    prefill_plan=Adaptive(min_rounds=4, max_rounds=40, cap_s=90.0),
+    decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=126.0),
+    prune_allocations=3,
     cache_layers=48,
     cache_hidden=1024,
     cache_calib_limit=2,
@@ -109,6 +113,7 @@ QUICK = Config(
     prune_new_tokens=8,
     prefill_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=2.0),
     decode_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=3.0),
+    prune_allocations=2,
     cache_layers=4,
     cache_hidden=64,
     cache_calib_limit=2,
@@ -184,6 +189,7 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
             cfg.prune_new_tokens,
             cfg.prefill_plan,
             cfg.decode_plan,
+            cfg.prune_allocations,
         )
     if name == "plan_cache":
         from . import plan_cache

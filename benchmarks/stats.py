@@ -10,6 +10,11 @@ median of the per-round ratios, robust to a round hit by a burst of stolen time,
 interval is a percentile bootstrap over rounds: resample the rounds with replacement, take the
 median, and keep the central ``level`` share of those medians. Resampling is seeded, so the same
 timings always give the same interval.
+
+Rounds may come in *groups* (the same variants on separately allocated copies of the weights,
+one after the other): then each resample first draws groups with replacement and then rounds
+within each drawn group (a two-stage bootstrap), so the interval also covers what differs from
+one group to the next, not only the noise between rounds of one group.
 """
 
 from __future__ import annotations
@@ -39,27 +44,46 @@ def bootstrap_interval(
     resamples: int = RESAMPLES,
     level: float = LEVEL,
     seed: int = SEED,
+    groups: Sequence[int] | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median of ``values``."""
+    """Percentile bootstrap interval of the median of ``values``; two-stage when ``groups``
+    (one label per value) has more than one group."""
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    medians = np.median(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=1)
+    labels = np.asarray(groups if groups is not None else np.zeros(x.size, dtype=int))
+    if labels.shape != x.shape:
+        raise ValueError(f"{labels.size} group labels for {x.size} values")
+    clusters = [x[labels == g] for g in np.unique(labels)]
+    if len(clusters) == 1:
+        medians = np.median(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=1)
+    else:
+        medians = np.empty(resamples)
+        for b in range(resamples):
+            drawn = rng.integers(0, len(clusters), size=len(clusters))
+            pooled = [
+                clusters[c][rng.integers(0, clusters[c].size, clusters[c].size)] for c in drawn
+            ]
+            medians[b] = np.median(np.concatenate(pooled))
     tail = (1.0 - level) / 2 * 100
     lo, hi = np.percentile(medians, [tail, 100 - tail])
     return float(lo), float(hi)
 
 
 def estimate(values: Sequence[float], **bootstrap: Any) -> dict[str, Any]:
-    """Median and bootstrap interval of per-round values: ``{value, lo, hi, n}``."""
+    """Median and bootstrap interval of per-round values: ``{value, lo, hi, n}`` (and
+    ``groups``, their number, when the rounds came in groups)."""
     lo, hi = bootstrap_interval(values, **bootstrap)
-    return {
+    out = {
         "value": float(np.median(values)) if len(values) else math.nan,
         "lo": lo,
         "hi": hi,
         "n": len(values),
     }
+    if bootstrap.get("groups") is not None:
+        out["groups"] = len(set(bootstrap["groups"]))
+    return out
 
 
 def ratio_estimate(num: Sequence[float], den: Sequence[float], **bootstrap: Any) -> dict[str, Any]:

@@ -231,8 +231,8 @@ def _snapshot(model: nn.Module, rename=lambda n: n, edited=None) -> dict[str, di
         for attr, value in edited.get(id(module), {}).items():
             values[attr] = value
         attrs[new] = values
-        for kind in ("parameters", "buffers"):
-            for pname, t in getattr(module, f"named_{kind}")(recurse=False):
+        for pname, t in [*module._parameters.items(), *module._buffers.items()]:
+            if t is not None:
                 shape = edited.get(id(module), {}).get(pname, t)
                 shape = tuple(shape.shape) if hasattr(shape, "shape") else shape
                 tensors[f"{new}.{pname}" if new else pname] = shape
@@ -262,6 +262,7 @@ def _reference(model: nn.Module, removal, removed) -> nn.Module:
     import copy
 
     import torch
+    from transformers.initialization import no_init_weights
 
     arch = _arch(model)
     if not hasattr(type(model), "_from_config") or getattr(model, "config", None) is None:
@@ -275,7 +276,9 @@ def _reference(model: nn.Module, removal, removed) -> nn.Module:
         if isinstance(edit.what, str) and edit.what.startswith("config."):
             setattr(text, edit.attr, copy.deepcopy(edit.new))
     try:
-        with torch.device("meta"):
+        # Shapes, names and attributes are compared, never values: skip weight initialisation
+        # (half the build time of a large model, even on the meta device).
+        with torch.device("meta"), no_init_weights():
             return type(model)._from_config(cfg)
     except Exception as err:  # any failure to build is a refusal, never a silent pass
         raise structure.RefusedRemoval(

@@ -76,7 +76,8 @@ def test_results_files_have_every_part(quick):
 
 def test_every_ratio_has_intervals_on_both_clocks(quick):
     ratios = ratio_list(quick[0])
-    assert len(ratios) == 2 * 3 + 2 + 1 + 1  # 3 lengths x 2, prefill + decode k=2, A/A, load
+    # 3 lengths x 2; prefill and decode at k=2, each over both ideals; A/A; load
+    assert len(ratios) == 2 * 3 + 2 * 2 + 1 + 1
     for r in ratios:
         for clock in ("cpu", "wall"):
             assert _interval(r["est"][clock]), (r["key"], clock)
@@ -89,7 +90,9 @@ def test_rounds_are_paired_and_bounded(quick):
         res["pruning_speedup"]["decode"]["time"],
         res["plan_cache"]["time"],
     ]:
-        assert 3 <= t["rounds"] <= 30 and t["stopped"] in {"precision", "time cap", "max rounds"}
+        groups = t["groups"]
+        assert 3 * groups <= t["rounds"] <= 30 * groups
+        assert set(t["stopped"].split(", ")) <= {"precision", "time cap", "max rounds"}
         for name, wall in t["wall_s"].items():
             cpu = t["cpu_s"][name]
             assert len(wall) == len(cpu) and all(w > 0 and c >= 0 for w, c in zip(wall, cpu))
@@ -128,9 +131,17 @@ def test_pruning_speedup_rows(quick):
             )
             assert r["ideal_decoder"] == pytest.approx(L / (L - r["k"]))
             assert 1.0 <= r["ideal_model"] <= r["ideal_decoder"] + 1e-9
+            # The fixed part can only lower the ceiling below the decoder ideal.
+            assert 0.0 < r["ceiling"]["cpu"]["value"] <= 1.0 + 1e-9
+            assert _interval(r["ratio_to_ideal_model"]["cpu"])
     # Every variant decoded exactly the requested number of tokens in every round.
     dec = pr["decode"]
-    assert set(dec["tokens_generated"]) == {"k=0", "k=2", "k=0 (A/A)"}
+    # Both phases ran on separately allocated weights, one group of rounds each.
+    for phase in ("prefill", "decode"):
+        assert pr["allocations"] == pr[phase]["time"]["groups"] == 2
+        assert sorted(set(pr[phase]["time"]["round_groups"])) == [0, 1]
+        assert all(r["speedup"]["cpu"]["groups"] == 2 for r in pr[phase]["rows"])
+    assert set(dec["tokens_generated"]) == {"k=0", "k=2", "k=0 (A/A)", "no layers"}
     assert all(v == [dec["new_tokens"]] for v in dec["tokens_generated"].values())
     assert _interval(dec["aa_control"]["cpu"])
 
@@ -227,3 +238,55 @@ def test_scale_invert_overlap_and_pairing():
     assert stats.relative_half_width(e) == pytest.approx(0.75)
     with pytest.raises(ValueError):
         stats.paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_whole_model_ideal_and_ceiling_on_an_exactly_linear_model():
+    """T(k) = F + b (L - k) exactly: pruning gives all the whole-model ideal allows (share 1),
+    and the ceiling is the whole-model ideal over L / (L - k), below 1 as soon as F > 0."""
+    from benchmarks.pruning_speedup import ceiling_shares, model_ideal_shares
+
+    L, k = 12, 8
+    fixed = [2.0, 4.0, 1.0]  # a different machine speed each round
+    per_layer = [1.0, 2.0, 0.5]
+    t0 = [f + b * L for f, b in zip(fixed, per_layer)]
+    tk = [f + b * (L - k) for f, b in zip(fixed, per_layer)]
+    share = (L - k) / L
+    assert model_ideal_shares(t0, tk, fixed, share) == pytest.approx([1.0, 1.0, 1.0])
+    # ceiling = (T0 / Tk) / (L / (L - k)): 14/6 / 3 in round one (F/b = 2 in every round)
+    assert ceiling_shares(t0, fixed, share) == pytest.approx([14 / 18] * 3)
+    # With nothing fixed the ceiling is the decoder ideal itself; a slower pruned model is below it.
+    assert ceiling_shares([12.0], [0.0], share) == pytest.approx([1.0])
+    assert model_ideal_shares([12.0], [8.0], [0.0], share) == pytest.approx([0.5])
+
+
+def test_grouped_rounds_widen_the_interval_to_cover_every_group():
+    """Two allocations whose rounds are tight around different values: one-stage resampling of
+    the pooled rounds gives an interval too narrow to hold either group's level; resampling the
+    groups first covers both."""
+    rng = np.random.default_rng(1)
+    a = list(1.00 + 0.002 * rng.standard_normal(8))
+    b = list(1.06 + 0.002 * rng.standard_normal(8))
+    pooled = stats.estimate(a + b)
+    grouped = stats.estimate(a + b, groups=[0] * 8 + [1] * 8)
+    assert grouped["groups"] == 2 and "groups" not in pooled
+    assert grouped["lo"] <= np.median(a) and grouped["hi"] >= np.median(b)
+    assert not (pooled["lo"] <= np.median(a) and pooled["hi"] >= np.median(b))
+    # One label for everything is the one-stage bootstrap; labels must match the values.
+    assert stats.estimate(a, groups=[0] * 8) | {"groups": None} == stats.estimate(a) | {
+        "groups": None
+    }
+    with pytest.raises(ValueError, match="7 group labels for 8 values"):
+        stats.bootstrap_interval(a, groups=[0] * 7)
+
+
+def test_concatenated_timings_keep_pairs_and_label_groups():
+    from benchmarks.common import Timings
+
+    one = Timings({"x": [1.0, 2.0], "y": [2.0, 4.0]}, {"x": [1.0, 2.0], "y": [2.0, 4.0]}, rounds=2)
+    two = Timings({"x": [3.0], "y": [9.0]}, {"x": [3.0], "y": [9.0]}, rounds=1)
+    both = Timings.concat([one, two])
+    assert both.rounds == 3 and both.groups == [0, 0, 1]
+    assert both.cpu["y"] == [2.0, 4.0, 9.0]
+    assert both.ratio("y", "x")["value"] == 2.0 and both.ratio("y", "x")["groups"] == 2
+    with pytest.raises(ValueError, match="not timed in every round"):
+        Timings.concat([one, Timings({"x": [1.0], "y": []}, {"x": [1.0], "y": []}, rounds=1)])
