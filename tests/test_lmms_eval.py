@@ -445,3 +445,19 @@ def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
     }))  # fmt: skip
     with pytest.raises(ValueError, match=r"base='qwen3_5' loads with trust_remote_code=True"):
         PrunedVLM(pretrained=str(tmp_path), **CALIB, criterion="math", budget=1, plan_cache=False)
+
+
+def test_trust_remote_code_true_with_a_wrapper_that_always_trusts_is_accepted():
+    """qwen3_vl has no trust_remote_code argument but always loads with it: asking for it is
+    what the wrapper does anyway, so the argument is not passed on and not refused."""
+    from lmms_prune_plugin.models.pruned_vlm import _check_base_kwargs, _check_remote_code
+
+    kwargs: dict = {"trust_remote_code": True}
+    _check_remote_code("qwen3_vl", True, {"model_type": "qwen3_vl", "auto_map": {}}, True, kwargs)
+    assert "trust_remote_code" not in kwargs
+    _check_base_kwargs("qwen3_vl", True, kwargs)  # nothing left to refuse
+    # A wrapper that neither takes nor always uses remote code still refuses it.
+    with pytest.raises(ValueError, match="trust_remote_code=true is not allowed"):
+        kwargs = {"trust_remote_code": True}
+        _check_remote_code("qwen2_5_vl", True, {"model_type": "qwen2_5_vl"}, True, kwargs)
+        _check_base_kwargs("qwen2_5_vl", True, kwargs)

@@ -269,6 +269,8 @@ def _check_remote_code(base: str, simple: bool, config: dict, trust: bool, kwarg
     refused for a checkpoint that ships code (``auto_map``)."""
     if "trust_remote_code" in _named_params(wrapper_class(base, simple)):
         kwargs["trust_remote_code"] = trust
+    elif trust and base in REMOTE_CODE_ALWAYS:
+        kwargs.pop("trust_remote_code", None)  # asked for, and the wrapper does it anyway
     if not trust and base in REMOTE_CODE_ALWAYS and config.get("auto_map"):
         raise ValueError(
             f"base={base!r} loads with trust_remote_code=True whatever it is given "
