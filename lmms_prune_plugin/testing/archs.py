@@ -398,14 +398,20 @@ def _qwen3_5_processor(cfg):
     cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
     cfg.vision_start_token_id = ids["<|vision_start|>"]
     cfg.vision_end_token_id = ids["<|vision_end|>"]
+    classes = tf.Qwen3VLProcessor, tf.Qwen2VLImageProcessor, tf.Qwen3VLVideoProcessor
+    return tok, _grid_processor(classes, cfg, tok, _QWEN3_TEMPLATE)
+
+
+def _grid_processor(classes, cfg, tok, template: str):
+    """A (processor, image processor, video processor) triple of the Qwen-style patch grids."""
+    processor_cls, image_cls, video_cls = classes
     common = _grid_kwargs(cfg.vision_config)
-    processor = tf.Qwen3VLProcessor(
-        image_processor=tf.Qwen2VLImageProcessor(**common),
+    return processor_cls(
+        image_processor=image_cls(**common),
         tokenizer=tok,
-        video_processor=tf.Qwen3VLVideoProcessor(**common),
-        chat_template=_QWEN3_TEMPLATE,
+        video_processor=video_cls(**common),
+        chat_template=template,
     )
-    return tok, processor
 
 
 def _grid_kwargs(vision) -> dict[str, Any]:
@@ -435,14 +441,8 @@ def _glm4v_processor(cfg):
     ids = [tok.convert_tokens_to_ids(t) for t in media]
     (cfg.image_start_token_id, cfg.image_end_token_id, cfg.image_token_id,
      cfg.video_start_token_id, cfg.video_end_token_id, cfg.video_token_id) = ids  # fmt: skip
-    common = _grid_kwargs(cfg.vision_config)
-    processor = tf.Glm4vProcessor(
-        image_processor=tf.Glm4vImageProcessor(**common),
-        tokenizer=tok,
-        video_processor=tf.Glm4vVideoProcessor(**common),
-        chat_template=template,
-    )
-    return tok, processor
+    classes = tf.Glm4vProcessor, tf.Glm4vImageProcessor, tf.Glm4vVideoProcessor
+    return tok, _grid_processor(classes, cfg, tok, template)
 
 
 def _gemma4_processor(cfg):
