@@ -105,6 +105,17 @@ def timed2(fn: Callable[[], Any]) -> tuple[float, float, Any]:
 
 CLOCKS = ("cpu", "wall")
 
+# The seed of this run's shuffled orders (``seed_runs``; run.py records it). Each call of
+# ``interleaved`` mixes in its own seed, so allocations and lengths get orders of their own,
+# and two runs with other seeds do not repeat an effect of a variant's place in the round.
+RUN_SEED = 0
+
+
+def seed_runs(seed: int) -> None:
+    """Set the seed that every later ``interleaved`` call mixes into its own."""
+    global RUN_SEED
+    RUN_SEED = seed
+
 
 @dataclass(frozen=True)
 class Adaptive:
@@ -117,6 +128,7 @@ class Adaptive:
     cap_s: float
     rel_half_width: float = 0.02
     warmup: int = 1
+    extra_rounds: int | None = None  # rounds that time the ``extra`` variants (min_rounds)
 
 
 @dataclass
@@ -216,12 +228,14 @@ def interleaved(
     a variant that runs after one sharing its weights finds them in the CPU caches. ``plan.warmup`` untimed rounds come first (first calls pay one-time set-up and, on a
     virtual machine, the host mapping in fresh memory). Garbage is collected outside the timed
     region. ``pairs`` are the (numerator, denominator) ratios whose intervals, on ``clock``,
-    decide when to stop; ``extra`` variants are timed in the first ``min_rounds`` rounds only.
+    decide when to stop; ``extra`` variants are timed in the first ``plan.extra_rounds`` rounds
+    only (default ``min_rounds``). The order is seeded by ``seed`` and the run's ``RUN_SEED``.
     """
     from .stats import precise_enough
 
     names = list(variants)
-    rng = random.Random(seed)
+    rng = random.Random(RUN_SEED * 1_000_003 + seed)
+    n_extra = plan.min_rounds if plan.extra_rounds is None else plan.extra_rounds
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     out = Timings(wall, cpu)
@@ -238,7 +252,7 @@ def interleaved(
         start = time.perf_counter()
         for r in range(plan.max_rounds):
             round_start = time.perf_counter()
-            order = [n for n in names if r < plan.min_rounds or n not in extra]
+            order = [n for n in names if r < n_extra or n not in extra]
             rng.shuffle(order)
             for name in order:
                 gc.collect()

@@ -33,6 +33,7 @@ WHERE: dict[str, str] = {
     "folder_fingerprint": "lmms_prune_plugin.cache",
     "pick_wrapper": "lmms_prune_plugin.models.base",
     "read_config": "lmms_prune_plugin.models.base",
+    "plan_removal": "lmms_prune_plugin.layers",
 }
 
 

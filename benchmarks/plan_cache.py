@@ -107,11 +107,17 @@ def breakdown(plain_fn, cached_fn, n: int) -> dict[str, Any]:
     }
 
 
-def direct_timers(checkpoint: Path, include_path: str) -> dict[str, float]:
-    """Milliseconds of the cached path's own steps, called directly (median of 5)."""
+def direct_timers(
+    checkpoint: Path, include_path: str, model: Any, removed: list[int]
+) -> dict[str, float]:
+    """Milliseconds of the cached path's own steps, called directly on a loaded ``model``
+    (median of 5, each after one untimed call)."""
     out: dict[str, float] = {}
     steps: dict[str, Any] = {}
-    from .package import weights_fingerprint
+    from .package import plan_removal, weights_fingerprint
+
+    # The check against the class rebuilt on the meta device: the one step of any size.
+    steps["plan_removal (removal check)"] = lambda: plan_removal(model, removed)
 
     steps["weights_fingerprint"] = lambda: weights_fingerprint(str(checkpoint))
     from .package import TASKS_DIR, files_fingerprint, folder_fingerprint, pick_wrapper, read_config
@@ -197,7 +203,9 @@ def run(
             log(f"[plan cache] {times.rounds} rounds ({times.stopped}, {times.seconds:.0f} s)")
             log("[plan cache] profiling both constructions")
             prof = breakdown(plain, cached, profile_n)
-            timers = direct_timers(ckpt, str(TEST_TASKS))
+            loaded = plain()
+            timers = direct_timers(ckpt, str(TEST_TASKS), loaded.model, removed)
+            del loaded
             tm = task_manager_ms(str(TEST_TASKS)) if time_task_manager else None
         gc.collect()
 

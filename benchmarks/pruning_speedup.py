@@ -1,7 +1,7 @@
 """Part 2: prefill and decode latency of a Qwen2 causal LM after removing k of its L layers.
 
-Each pruned variant is a deep copy of the same random model with ``remove_decoder_layers_``
-applied. Prefill is one forward over ``seq_len`` tokens that builds the KV cache and computes the
+Each pruned variant is a view of the same random model's weights with ``remove_decoder_layers_``
+applied (see below). Prefill is one forward over ``seq_len`` tokens that builds the KV cache and computes the
 logits of the last position only (what ``generate`` does); decode is ``generate`` of exactly
 ``new_tokens`` tokens after a short prompt, reported per token.
 
@@ -11,7 +11,9 @@ rounds as a copy with no decoder layer at all, run exactly like the others; with
 T0 the unpruned one, the best any removal of k layers can give is the whole-model ideal
 T0 / (F + (T0 - F) (L - k) / L). Both ideals are computed per round, so their intervals come
 from the same paired rounds as the speed-ups; the whole-model ideal over the decoder ideal is the
-*ceiling*: the share of L / (L - k) no implementation can exceed on this model and machine.
+*ceiling*: the share of L / (L - k) that removing k layers can reach on this model and machine
+if time is that fixed part plus an equal cost per layer (a model: ``_judge`` checks that the
+measurements do not exceed it before it calls a k unreachable).
 
 Every variant, the unpruned one included, is a structural copy of one model that shares its
 parameter tensors: a pruned variant runs a subset of the very same weight memory. Separate deep
@@ -124,11 +126,11 @@ def ceiling_shares(t0: Sequence[float], fixed: Sequence[float], kept_share: floa
 
 
 def _phase(
-    name: str, variants: dict[str, Any], pairs: list[tuple[str, str]], plan: Adaptive
+    name: str, variants: dict[str, Any], pairs: list[tuple[str, str]], plan: Adaptive, seed: int
 ) -> Timings:
     bar = progress(plan.max_rounds, f"pruning {name}")
     with torch.inference_mode():
-        times = interleaved(variants, pairs, plan, CLOCK, bar=bar)
+        times = interleaved(variants, pairs, plan, CLOCK, bar=bar, seed=seed)
     bar.close()
     log(f"[pruning] {name}: {times.rounds} rounds ({times.stopped}, {times.seconds:.0f} s)")
     return times
@@ -180,7 +182,9 @@ def _judge(rows: list[dict], clock: str) -> dict[str, Any]:
     """Met only if met at every k; missed if missed at any k; else inconclusive.
 
     ``unreachable``: the k whose ceiling interval lies wholly below the limit, where no removal
-    of k layers could meet the target because of the part pruning cannot shrink.
+    of k layers could meet the target because of the part pruning cannot shrink; none while
+    ``above_ceiling`` lists a k whose measured share lies wholly above its ceiling (there the
+    model of a fixed part plus an equal cost per layer does not hold).
     """
     per_k = {
         r["k"]: verdict(r["ratio_to_ideal_decoder"][clock], MIN_RATIO_TO_IDEAL, at_most=False)
@@ -189,10 +193,17 @@ def _judge(rows: list[dict], clock: str) -> dict[str, Any]:
     }
     v = list(per_k.values())
     overall = MISSED if MISSED in v else MET if all(x == MET for x in v) else INCONCLUSIVE
-    unreachable = [
-        r["k"] for r in rows if r["k"] and r["ceiling"][clock]["hi"] < MIN_RATIO_TO_IDEAL
+    above = [
+        r["k"]
+        for r in rows
+        if r["k"] and r["ratio_to_ideal_decoder"][clock]["lo"] > r["ceiling"][clock]["hi"]
     ]
-    return {"verdict": overall, "per_k": per_k, "unreachable": unreachable}
+    unreachable = [
+        r["k"]
+        for r in rows
+        if r["k"] and not above and r["ceiling"][clock]["hi"] < MIN_RATIO_TO_IDEAL
+    ]
+    return {"verdict": overall, "per_k": per_k, "unreachable": unreachable, "above_ceiling": above}
 
 
 def views(spec: DecoderSpec, ks: Sequence[int]) -> dict[str, Any]:
@@ -246,9 +257,9 @@ def run(
         models = views(spec, ks)
         of = f"{a + 1}/{allocations}"
         pre = {n: (lambda m=m: prefill(m, ids)) for n, m in models.items() if n != AA}
-        pre_parts.append(_phase(f"prefill {of}", pre, pairs, pre_share))
+        pre_parts.append(_phase(f"prefill {of}", pre, pairs, pre_share, seed=2 * a))
         dec = {n: decoding(m, n) for n, m in models.items()}
-        dec_parts.append(_phase(f"decode {of}", dec, [*pairs, (AA, "k=0")], dec_share))
+        dec_parts.append(_phase(f"decode {of}", dec, [*pairs, (AA, "k=0")], dec_share, 2 * a + 1))
         del models, pre, dec
     pre_times, dec_times = Timings.concat(pre_parts), Timings.concat(dec_parts)
     tokens = {n: sorted(v) for n, v in produced.items()}

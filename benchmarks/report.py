@@ -30,6 +30,9 @@ def ci(est: dict[str, Any] | None, digits: int = 3, unit: str = "x", pct: bool =
     """``1.020x [1.010, 1.031]``: the estimate and its 95% interval (``pct``: in percent)."""
     if not est:
         return "-"
+    if not all(math.isfinite(est[k]) for k in ("lo", "hi")):
+        v = f"{100 * est['value']:.0f}%" if pct else f"{_f(est['value'], digits)}{unit}"
+        return f"{v} [no 95% interval from {est.get('n', 0)} rounds]"
     if pct:
         return f"{100 * est['value']:.0f}% [{100 * est['lo']:.0f}, {100 * est['hi']:.0f}]"
     return f"{_f(est['value'], digits)}{unit} [{_f(est['lo'], digits)}, {_f(est['hi'], digits)}]"
@@ -159,6 +162,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 for r in pr[phase]["rows"]
                 if r["k"] in judged.get("unreachable", ())
             )
+            if judged.get("above_ceiling"):
+                cause += (
+                    f"measured above the ceiling at k={judged['above_ceiling']}: the model of a "
+                    "fixed part plus an equal cost per layer does not hold, no k is called unreachable"
+                )
             out.append(
                 {
                     "target": f"{phase} speed-up >= {lim}% of ideal L/(L-k) (every k)",
@@ -280,7 +288,7 @@ def _calibration(cal: dict[str, Any]) -> list[str]:
         "Rounds per length: "
         + "; ".join(f"seq {r['seq_len']}: {_timing(r['time'])}" for r in cal["rows"])
         + ". *hidden states* is timed in the first rounds only (it decides no target). "
-        "CPU seconds are process CPU time of both threads.",
+        "CPU seconds are process CPU time of every thread.",
         "",
     ]
     d = cal.get("depth_check")
@@ -483,14 +491,22 @@ def render(res: dict[str, Any]) -> str:
         + ", ".join(f"{x:.2f}" for x in m.get("loadavg_at_start", []))
         + "",
         "- Method: each comparison runs in one process; variants are interleaved in rounds (order "
-        "shuffled every round, seeded) after a warm-up round, and each round's ratio is taken between two "
-        "calls seconds apart. A ratio is the median of the per-round ratios, with a 95% percentile "
-        "bootstrap interval (2000 resamples of the rounds, seeded). Rounds continue until every "
+        f"shuffled every round; seed {res.get('seed')}) after a warm-up round, and each round's ratio "
+        "is taken between two calls seconds apart. A ratio is the median of the per-round ratios "
+        "with its distribution-free 95% interval (binomial order statistics; none below 6 rounds); "
+        "rounds on several allocations of the weights are summarised per allocation, and the ratio "
+        "is the geometric mean of the allocations' medians with Student's t interval over them. "
+        "Rounds continue until every "
         "interval a part decides on is within +-2% (+-1% for the load) or the part's time cap is "
         "reached. Each call is timed twice: process CPU time (every thread; not counting time "
         "the host steals) and wall time. A target is *met* only when its whole interval is on the "
         "right side of the limit, *missed* when it is wholly on the wrong side, and otherwise "
         "*inconclusive*; `judged on` says which clock decides (see benchmarks/README.md).",
+        *(
+            ["- **Quick mode: tiny models and few rounds; its verdicts judge nothing.**"]
+            if res["mode"] == "quick"
+            else []
+        ),
         "",
         "## Targets",
         "",

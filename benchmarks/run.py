@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run            # full run, about 9 minutes on 2 cores
+    python -m benchmarks.run            # full run, about 11 minutes on 2 cores
     python -m benchmarks.run --quick    # tiny models, about half a minute
     python -m benchmarks.run --only calibration_cost pruning_speedup --out /tmp/bench
 """
@@ -27,7 +27,14 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-from .common import Adaptive, DecoderSpec, log, machine_info, steal_seconds  # noqa: E402
+from .common import (  # noqa: E402
+    Adaptive,
+    DecoderSpec,
+    log,
+    machine_info,
+    seed_runs,
+    steal_seconds,
+)
 
 SECTIONS = ("calibration_cost", "pruning_speedup", "plan_cache", "sweep")
 CRITERIA = ("math", "nonmath", "mixed", "mixed_rank", "shortgpt", "angular", "last", "random")
@@ -49,7 +56,7 @@ class Config:
     prune_new_tokens: int
     prefill_plan: Adaptive
     decode_plan: Adaptive
-    prune_allocations: int  # the caps above are for all allocations together
+    prune_allocations: int  # caps are for all allocations together, min_rounds for each
     cache_layers: int
     cache_hidden: int
     cache_calib_limit: int
@@ -62,16 +69,20 @@ class Config:
     sweep_calib_limit: int = 8
 
 
-# The full run: about 9 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
+# The full run: about 11 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
 # part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
-# target is 1.02).
+# target is 1.02). A median needs 6 rounds for any 95% interval (benchmarks/stats.py), so every
+# one-stage ratio gets at least 6; the speed-ups' unit is the allocation, 5 of them (Student's t
+# with 4 degrees of freedom, half the width of 3 allocations at the same spread).
 FULL = Config(
     mode="full",
     calib_spec=DecoderSpec(
         hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4, num_layers=8
     ),
     calib_seq_lens=(256, 1024, 2048, 4096),
-    calib_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=120.0),
+    # The untargeted hidden-states reference in 3 rounds only: at 4096 tokens a round of it
+    # costs 11 s.
+    calib_plan=Adaptive(min_rounds=6, max_rounds=40, cap_s=150.0, extra_rounds=3),
     calib_depth_check=True,
     prune_spec=DecoderSpec(
         hidden_size=1024, intermediate_size=2816, num_heads=16, num_kv_heads=4, num_layers=12
@@ -81,9 +92,9 @@ FULL = Config(
     # 16 tokens a call, not more: a decode round runs seven variants, and more rounds (not longer
     # calls) are what narrows a bootstrap interval; at 32 the cap allowed only 5 rounds.
     prune_new_tokens=16,
-    prefill_plan=Adaptive(min_rounds=4, max_rounds=40, cap_s=90.0),
-    decode_plan=Adaptive(min_rounds=5, max_rounds=40, cap_s=126.0),
-    prune_allocations=3,
+    prefill_plan=Adaptive(min_rounds=3, max_rounds=40, cap_s=90.0),
+    decode_plan=Adaptive(min_rounds=4, max_rounds=40, cap_s=126.0),
+    prune_allocations=5,
     cache_layers=48,
     cache_hidden=1024,
     cache_calib_limit=2,
@@ -100,12 +111,13 @@ _TINY = DecoderSpec(
     num_layers=4,
     vocab_size=1000,
 )
-# A developer's check of a change: same code paths, tiny models, a few rounds (well under 1 min).
+# A developer's check of a change: same code paths, tiny models, a few rounds (well under 1 min);
+# its verdicts judge nothing (printed as such).
 QUICK = Config(
     mode="quick",
     calib_spec=_TINY,
     calib_seq_lens=(64, 256, 1024),
-    calib_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=6.0),
+    calib_plan=Adaptive(min_rounds=6, max_rounds=30, cap_s=6.0, extra_rounds=3),
     calib_depth_check=False,
     prune_spec=_TINY,
     prune_ks=(2,),
@@ -117,7 +129,7 @@ QUICK = Config(
     cache_layers=4,
     cache_hidden=64,
     cache_calib_limit=2,
-    cache_plan=Adaptive(min_rounds=3, max_rounds=30, cap_s=4.0, rel_half_width=0.01),
+    cache_plan=Adaptive(min_rounds=6, max_rounds=30, cap_s=4.0, rel_half_width=0.01),
     cache_profile_n=1,
     cache_time_task_manager=False,
     sweep_calib_limit=2,
@@ -242,8 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 1,
         help="torch threads, fixed for the whole run (default: one per core)",
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the shuffled round orders (default: a new one per run, recorded)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    seed = args.seed if args.seed is not None else time.time_ns() % 2**31
+    seed_runs(seed)
     probe = None
     if "calibration_cost" in args.only:
         from .memory import MemoryProbe
@@ -259,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     log(f"lmms-prune benchmarks ({cfg.mode}): {', '.join(args.only)}")
     results: dict[str, Any] = {
-        "schema": 2,
+        "schema": 3,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": cfg.mode,
+        "seed": seed,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
