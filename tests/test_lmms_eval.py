@@ -365,6 +365,8 @@ OWN_WRAPPERS = {
     "glm4v_moe": ("glm4v", "GLM4V", {}),
     "idefics2": ("idefics2", "Idefics2", {}),
     "internvl": ("internvl_hf", "InternVLHf", {}),
+    "llava": ("llava_hf", "LlavaHf", {}),
+    "llava_next": ("llava_hf", "LlavaHf", {}),
     "mistral3": ("mistral3_vl", "Mistral3_VL", {}),
     "mllama": ("llama_vision", "LlamaVision", {}),
     "qwen3_5": ("qwen3_5", "Qwen3_5", {}),
@@ -437,7 +439,7 @@ def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM, _check_remote_code
 
     kwargs: dict = {}
-    _check_remote_code("gemma4", False, {"model_type": "gemma4"}, False, kwargs)
+    _check_remote_code("gemma4", False, str(tmp_path), None, False, kwargs)
     assert kwargs == {"trust_remote_code": False}
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "qwen3_5", "num_hidden_layers": 4,
@@ -447,17 +449,93 @@ def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
         PrunedVLM(pretrained=str(tmp_path), **CALIB, criterion="math", budget=1, plan_cache=False)
 
 
+def test_code_mapped_by_a_processor_file_is_refused_too(tmp_path):
+    """mistral3_vl loads its processor with trust_remote_code=True: an auto_map in
+    processor_config.json (not config.json) would run the checkpoint's code."""
+    import json
+
+    from lmms_prune_plugin.models.base import ships_code
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral3"}))
+    assert ships_code(str(tmp_path)) == []
+    (tmp_path / "processor_config.json").write_text(
+        json.dumps({"auto_map": {"AutoProcessor": "processing_x.XProcessor"}})
+    )
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor": {"auto_map": {"AutoImageProcessor": "x.Y"}}})
+    )
+    assert ships_code(str(tmp_path)) == ["preprocessor_config.json", "processor_config.json"]
+    with pytest.raises(ValueError, match=r"mistral3_vl.*auto_map in preprocessor_config.json"):
+        PrunedVLM(pretrained=str(tmp_path), **CALIB, budget=0, plan_cache=False)
+
+
+def test_a_wrapper_that_hard_codes_remote_code_is_found_from_its_source():
+    """Wrappers outside the known list (lfm2_5_vl) that pass trust_remote_code=True in their
+    module are treated like the known ones; wrappers that take the argument are not."""
+    from lmms_prune_plugin.models.base import always_trusts, wrapper_class
+
+    where = always_trusts("lfm2_5_vl", wrapper_class("lfm2_5_vl", simple=False))
+    assert where is not None and where.startswith("lmms_eval/models/chat/lfm2_5_vl.py:")
+    for name in ("gemma3", "idefics2", "llava_hf", "hf_vlm"):
+        assert always_trusts(name, wrapper_class(name, simple=False)) is None, name
+
+
+def test_a_revision_reaches_the_wrapper_or_is_refused():
+    """hf_vlm takes a revision; qwen2_5_vl would load the default branch while the plan names
+    the revision: refused before loading."""
+    from lmms_prune_plugin.models.pruned_vlm import _check_revision
+
+    kwargs: dict = {}
+    _check_revision("hf_vlm", False, "v1", kwargs)
+    assert kwargs == {"revision": "v1"}
+    _check_revision("qwen2_5_vl", True, None, kwargs := {})
+    assert kwargs == {}
+    with pytest.raises(ValueError, match=r"revision='v1' is not allowed with base='qwen2_5_vl'"):
+        _check_revision("qwen2_5_vl", True, "v1", {})
+
+
+def test_a_checkpoint_without_model_type_is_refused_before_loading(tmp_path):
+    import json
+
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+
+    (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
+    for base in (None, "qwen2_5_vl"):
+        with pytest.raises(ValueError, match="its config.json has no model_type"):
+            PrunedVLM(pretrained=str(tmp_path), base=base, **CALIB, budget=1, plan_cache=False)
+
+
+@pytest.mark.slow
+def test_a_wrapper_that_cannot_load_the_architecture_is_named(tmp_path):
+    """llava_hf looks the model_type up in its own map: a KeyError from inside lmms-eval becomes
+    an error that names the base, the checkpoint and its model_type."""
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
+
+    path = save_arch_checkpoint("idefics2", tmp_path / "idefics2", num_layers=4)
+    kwargs = checkpoint_wrapper_kwargs("idefics2", path)
+    kwargs.pop("dtype", None)
+    with pytest.raises(
+        ValueError, match=r"base='llava_hf' could not load .*model_type 'idefics2'.*KeyError"
+    ):
+        PrunedVLM(
+            pretrained=str(path), base="llava_hf", **CALIB, **kwargs, budget=1, plan_cache=False
+        )
+
+
 def test_trust_remote_code_true_with_a_wrapper_that_always_trusts_is_accepted():
     """qwen3_vl has no trust_remote_code argument but always loads with it: asking for it is
     what the wrapper does anyway, so the argument is not passed on and not refused."""
     from lmms_prune_plugin.models.pruned_vlm import _check_base_kwargs, _check_remote_code
 
-    kwargs: dict = {"trust_remote_code": True}
-    _check_remote_code("qwen3_vl", True, {"model_type": "qwen3_vl", "auto_map": {}}, True, kwargs)
-    assert "trust_remote_code" not in kwargs
-    _check_base_kwargs("qwen3_vl", True, kwargs)  # nothing left to refuse
+    for base, simple in (("qwen3_vl", True), ("lfm2_5_vl", False)):
+        kwargs: dict = {"trust_remote_code": True}
+        _check_remote_code(base, simple, "unused", None, True, kwargs)
+        assert "trust_remote_code" not in kwargs
+        _check_base_kwargs(base, simple, kwargs)  # nothing left to refuse
     # A wrapper that neither takes nor always uses remote code still refuses it.
     with pytest.raises(ValueError, match="trust_remote_code=true is not allowed"):
         kwargs = {"trust_remote_code": True}
-        _check_remote_code("qwen2_5_vl", True, {"model_type": "qwen2_5_vl"}, True, kwargs)
+        _check_remote_code("qwen2_5_vl", True, "unused", None, True, kwargs)
         _check_base_kwargs("qwen2_5_vl", True, kwargs)

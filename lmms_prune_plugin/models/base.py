@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import json
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 # model_type -> lmms-eval wrapper, checked on tiny checkpoints with transformers 5.24.
@@ -21,13 +26,24 @@ WRAPPERS: dict[str, str] = {
     "glm4v_moe": "glm4v",  # not glm4v: that wrapper picks the MoE class unless the path says "Flash"
     "qwen3_5": "qwen3_5",
 }
-#: lmms-eval wrappers that load with trust_remote_code=True whatever they are given.
+#: lmms-eval wrappers that load with trust_remote_code=True whatever they are given (checked;
+#: any other wrapper whose module, or a parent's, says ``trust_remote_code=True`` counts too).
 REMOTE_CODE_ALWAYS: dict[str, str] = {
     "qwen3_vl": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
     "qwen3_5": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
     "mistral3_vl": "lmms_eval/models/simple/mistral3_vl.py:79,89 (model and processor)",
 }
 FALLBACK_WRAPPER = "hf_vlm"  # ours: AutoModelForImageTextToText + the processor's chat template
+# The files whose auto_map makes transformers import code from the checkpoint.
+CODE_MAPS = (
+    "config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer_config.json",
+    "video_preprocessor_config.json",
+    "feature_extractor_config.json",
+)
+_TRUSTS = re.compile(r"trust_remote_code\s*=\s*True\b")
 
 
 def read_config(pretrained: str, revision: str | None = None) -> dict:
@@ -57,6 +73,58 @@ def wrapper_class(name: str, simple: bool) -> type:
             f"base={name!r} cannot be used: lmms-eval's wrapper does not import ({err}); install "
             f"what it needs, or choose another base such as {FALLBACK_WRAPPER!r}"
         ) from err
+
+
+def always_trusts(name: str, cls: type) -> str | None:
+    """Where wrapper ``name`` passes ``trust_remote_code=True`` whatever it is given, else None:
+    the known ones, then any whose module (or a parent wrapper's) hard-codes it."""
+    if name in REMOTE_CODE_ALWAYS:
+        return REMOTE_CODE_ALWAYS[name]
+    for klass in cls.__mro__:
+        module = sys.modules.get(klass.__module__)
+        if module is None or not klass.__module__.startswith("lmms_eval.models."):
+            continue
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):
+            continue
+        found = _TRUSTS.search(source)
+        if found:
+            line = source.count("\n", 0, found.start()) + 1
+            return f"{klass.__module__.replace('.', '/')}.py:{line}"
+    return None
+
+
+def ships_code(pretrained: str, revision: str | None = None) -> list[str]:
+    """The checkpoint's files that map a class to its own code (``auto_map``): config,
+    processor, tokenizer, and, in a local folder, every other top-level ``*config.json``."""
+    local = Path(pretrained).expanduser()
+    if local.is_dir():
+        paths = sorted(local.glob("*config.json"))
+    else:
+        from transformers.utils import cached_file
+
+        paths = []
+        for name in CODE_MAPS:
+            found = cached_file(pretrained, name, revision=revision,
+                                _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)  # fmt: skip
+            if found:
+                paths.append(Path(found))
+    out = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and _has_auto_map(data):
+            out.append(path.name)
+    return out
+
+
+def _has_auto_map(data: dict) -> bool:
+    # A processor config may nest its parts' configs (image_processor, video_processor).
+    return "auto_map" in data or any(isinstance(v, dict) and "auto_map" in v for v in data.values())
 
 
 def build_wrapper(name: str, simple: bool, **kwargs: Any):

@@ -26,10 +26,11 @@ from . import engine as engines
 from . import results
 from .base import (
     FALLBACK_WRAPPER,
-    REMOTE_CODE_ALWAYS,
+    always_trusts,
     build_wrapper,
     pick_wrapper,
     read_config,
+    ships_code,
     unwrap,
     wrapper_class,
 )
@@ -95,12 +96,21 @@ class PrunedVLM(lmms):
             base_kwargs, self.engine_kwargs = engines.split_base_and_engine_args(
                 self.base_name, self.is_simple, base_kwargs
             )
-        _check_remote_code(self.base_name, self.is_simple, config, trust, base_kwargs)
+        _check_remote_code(self.base_name, self.is_simple, self.pretrained, self.revision,
+                           trust, base_kwargs)  # fmt: skip
+        _check_revision(self.base_name, self.is_simple, self.revision, base_kwargs)
         _check_base_kwargs(self.base_name, self.is_simple, base_kwargs)
 
-        self.base = build_wrapper(
-            self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
-        )
+        try:
+            self.base = build_wrapper(
+                self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
+            )
+        except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"base={self.base_name!r} could not load pretrained={self.pretrained!r} (model_type "
+                f"{config.get('model_type')!r}): {type(err).__name__}: {err}; choose "
+                f"base={FALLBACK_WRAPPER!r} or a wrapper that loads this architecture"
+            ) from err
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
         _check_loaded(self.base_name, self.pretrained, config, self.hf_model)
@@ -221,12 +231,20 @@ def _read_checkpoint_config(pretrained: str, revision: str | None) -> dict:
             f"pretrained={pretrained!r} is not allowed: no such folder, and not a hub id (org/name)"
         )
     try:
-        return read_config(pretrained, revision)
+        config = read_config(pretrained, revision)
     except OSError as err:
         raise ValueError(
             f"pretrained={pretrained!r}: no such local folder, and its config could not be fetched "
             f"from the hub (offline, unknown id or revision?): {str(err).splitlines()[0]}"
         ) from err
+    if not config.get("model_type"):
+        # Neither the wrapper nor the architecture check could be chosen: every wrapper would
+        # guess, and fail deep inside or load something else.
+        raise ValueError(
+            f"pretrained={pretrained!r} is not allowed: its config.json has no model_type, so its "
+            "architecture is unknown; add the model_type of its transformers config class"
+        )
+    return config
 
 
 def _text_depth(config: dict) -> int | None:
@@ -247,7 +265,7 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
     """An argument neither ours nor a named parameter of the base wrapper is a typo: name it."""
     cls = wrapper_class(base, simple)  # an unknown base: the error lists the choices
     named = _named_params(cls)
-    if "trust_remote_code" in kwargs and "trust_remote_code" not in named:
+    if "trust_remote_code" in kwargs and "trust_remote_code" not in named:  # never always_trusts
         raise ValueError(
             f"trust_remote_code=true is not allowed with base={base!r}: that wrapper loads the "
             "checkpoint with its own classes and takes no remote code; drop it, or choose "
@@ -263,21 +281,44 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
         )
 
 
-def _check_remote_code(base: str, simple: bool, config: dict, trust: bool, kwargs: dict) -> None:
+def _check_remote_code(
+    base: str, simple: bool, pretrained: str, revision: str | None, trust: bool, kwargs: dict
+) -> None:
     """Remote code runs only when the user says so: a wrapper that defaults to
-    trust_remote_code=True (gemma3, gemma4) is given false, and one that always trusts is
-    refused for a checkpoint that ships code (``auto_map``)."""
-    if "trust_remote_code" in _named_params(wrapper_class(base, simple)):
+    trust_remote_code=True (gemma3, gemma4) is given false, and one that trusts whatever it is
+    given is refused for a checkpoint that ships code (``auto_map`` in its config, processor or
+    tokenizer files)."""
+    cls = wrapper_class(base, simple)
+    takes = "trust_remote_code" in _named_params(cls)
+    if takes:
         kwargs["trust_remote_code"] = trust
-    elif trust and base in REMOTE_CODE_ALWAYS:
-        kwargs.pop("trust_remote_code", None)  # asked for, and the wrapper does it anyway
-    if not trust and base in REMOTE_CODE_ALWAYS and config.get("auto_map"):
+    forced = always_trusts(base, cls)
+    if forced is None or trust:
+        if trust and not takes and forced is not None:
+            kwargs.pop("trust_remote_code", None)  # asked for, and the wrapper does it anyway
+        return
+    code = ships_code(pretrained, revision)
+    if code:
         raise ValueError(
-            f"base={base!r} loads with trust_remote_code=True whatever it is given "
-            f"({REMOTE_CODE_ALWAYS[base]}), and this checkpoint ships its own code (auto_map in "
-            f"config.json); pass trust_remote_code=true to run that code, or choose "
-            f"base={FALLBACK_WRAPPER!r}"
+            f"base={base!r} loads with trust_remote_code=True whatever it is given ({forced}), "
+            f"and this checkpoint ships its own code (auto_map in {', '.join(code)}); pass "
+            f"trust_remote_code=true to run that code, or choose base={FALLBACK_WRAPPER!r}"
         )
+
+
+def _check_revision(base: str, simple: bool, revision: str | None, kwargs: dict) -> None:
+    """A revision reaches the base wrapper, or is refused: a wrapper without the argument would
+    load the default branch while the plan and results name the revision."""
+    if revision is None:
+        return
+    if "revision" in _named_params(wrapper_class(base, simple)):
+        kwargs["revision"] = revision
+        return
+    raise ValueError(
+        f"revision={revision!r} is not allowed with base={base!r}: that wrapper takes no revision "
+        f"and would load the default one; choose base={FALLBACK_WRAPPER!r}, or download that "
+        "revision to a folder and pass the folder as pretrained"
+    )
 
 
 def _check_loaded(base: str, pretrained: str, config: dict, model) -> None:

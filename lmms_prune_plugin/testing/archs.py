@@ -271,6 +271,8 @@ CHECKPOINTS: tuple[str, ...] = (
     "glm4v_moe",
     "idefics2",
     "internvl",
+    "llava",
+    "llava_next",
     "mistral3",
     "mllama",
     "phi4_multimodal",
@@ -318,6 +320,8 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
         "glm4v_moe": _glm4v_processor,
         "idefics2": _idefics2_processor,
         "internvl": _internvl_processor,
+        "llava": _llava_processor,
+        "llava_next": _llava_processor,
         "mistral3": _mistral3_processor,
         "mllama": _mllama_processor,
         "phi4_multimodal": _phi4_multimodal_processor,
@@ -608,6 +612,39 @@ def _mllama_processor(cfg):
         image_processor=tf.MllamaImageProcessor(size={"height": side, "width": side}),
         tokenizer=tok,
         chat_template=template,
+    )
+    return tok, processor
+
+
+def _llava_processor(cfg):
+    """LLaVA and LLaVA-NeXT (a 2x2 grid of tiles at most), with a CLIP tower whose class token
+    counts as one more image token unless the strategy drops it."""
+    import transformers as tf
+
+    from .tiny import _LLAVA_OV_TEMPLATE
+
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+    tok = _tokenizer(cfg, tokens, _LLAVA_OV_TEMPLATE, eos_token="<|im_end|>",
+                     pad_token="<|endoftext|>", image_token="<image>")  # fmt: skip
+    cfg.image_token_id = tok.image_token_id
+    side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    size, crop = {"shortest_edge": side}, {"height": side, "width": side}
+    if cfg.model_type == "llava_next":
+        cfg.image_grid_pinpoints = [[side * r, side * c] for r in (1, 2) for c in (1, 2)]
+        image = tf.LlavaNextImageProcessor(
+            size=size, crop_size=crop, image_grid_pinpoints=cfg.image_grid_pinpoints
+        )
+        cls = tf.LlavaNextProcessor
+    else:
+        image, cls = tf.CLIPImageProcessor(size=size, crop_size=crop), tf.LlavaProcessor
+    processor = cls(
+        image_processor=image,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=_LLAVA_OV_TEMPLATE,
+        image_token="<image>",
     )
     return tok, processor
 
