@@ -42,7 +42,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# The README's benchmark figures (full mode, about 9 minutes on 2 cores).
+# The README's benchmark figures (full mode, about 10 minutes on 2 cores).
 bench: install
 	$(OFFLINE) $(PY) -m benchmarks.run
 

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run            # full run, about 11 minutes on 2 cores
+    python -m benchmarks.run            # full run, about 10 minutes on 2 cores
     python -m benchmarks.run --quick    # tiny models, about half a minute
     python -m benchmarks.run --only calibration_cost pruning_speedup --out /tmp/bench
 """
@@ -69,7 +69,7 @@ class Config:
     sweep_calib_limit: int = 8
 
 
-# The full run: about 11 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
+# The full run: about 10 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
 # part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
 # target is 1.02). A median needs 6 rounds for any 95% interval (benchmarks/stats.py), so every
 # one-stage ratio gets at least 6; the speed-ups' unit is the allocation, 5 of them (Student's t

@@ -109,7 +109,9 @@ def test_calibration_cost_ratios_memory_and_correctness(quick):
     rows = cal["rows"]
     assert [r["seq_len"] for r in rows] == sorted(r["seq_len"] for r in rows) and len(rows) >= 2
     for r in rows:
-        assert _interval(r["ratio_capture"]["cpu"]) and r["ratio_hidden_states"]["wall"]["value"] > 0
+        assert (
+            _interval(r["ratio_capture"]["cpu"]) and r["ratio_hidden_states"]["wall"]["value"] > 0
+        )
         # the reference is timed in the first rounds only, the target pair in every round
         n = r["time"]["variants"]
         assert n["capture"]["n"] == n["plain"]["n"] == r["time"]["rounds"]
@@ -321,6 +323,23 @@ def test_concatenated_timings_keep_pairs_and_label_groups():
     assert both.rounds == 3 and both.groups == [0, 0, 1]
     assert both.cpu["y"] == [2.0, 4.0, 9.0]
     # geometric mean of the groups' medians: sqrt(2 * 3)
-    assert both.ratio("y", "x")["value"] == pytest.approx(6**0.5) and both.ratio("y", "x")["groups"] == 2
+    assert (
+        both.ratio("y", "x")["value"] == pytest.approx(6**0.5)
+        and both.ratio("y", "x")["groups"] == 2
+    )
     with pytest.raises(ValueError, match="not timed in every round"):
         Timings.concat([one, Timings({"x": [1.0], "y": []}, {"x": [1.0], "y": []}, rounds=1)])
+
+
+def test_the_shipped_stability_files_compare_the_shipped_runs():
+    """stability.md and stability.json are the comparison of run1/ and the README's run, as
+    benchmarks.compare makes it from those files now."""
+    from benchmarks.compare import render
+
+    results = ROOT / "benchmarks" / "results"
+    runs = [json.loads((results / p).read_text()) for p in ("run1/results.json", "results.json")]
+    cmp = compare(*runs)
+    shipped = json.loads((results / "stability.json").read_text())
+    assert [r["date"] for r in shipped["runs"]] == [r["date"] for r in runs]
+    assert json.loads(json.dumps(cmp)) == shipped
+    assert (results / "stability.md").read_text() == render(cmp)
