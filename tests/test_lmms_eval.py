@@ -471,28 +471,45 @@ def test_code_mapped_by_a_processor_file_is_refused_too(tmp_path):
 
 
 def test_a_wrapper_that_hard_codes_remote_code_is_found_from_its_source():
-    """Wrappers outside the known list (lfm2_5_vl) that pass trust_remote_code=True in their
-    module are treated like the known ones; wrappers that take the argument are not."""
-    from lmms_prune_plugin.models.base import always_trusts, wrapper_class
+    """Wrappers outside the known list (lfm2_5_vl) that pass trust_remote_code=True in a call
+    are treated like the known ones; wrappers that take the argument and honour it (a default of
+    True included: vllm) are not."""
+    import ast
+
+    from lmms_prune_plugin.models.base import _literal_trust, always_trusts, wrapper_class
 
     where = always_trusts("lfm2_5_vl", wrapper_class("lfm2_5_vl", simple=False))
     assert where is not None and where.startswith("lmms_eval/models/chat/lfm2_5_vl.py:")
-    for name in ("gemma3", "idefics2", "llava_hf", "hf_vlm"):
+    for name in ("gemma3", "idefics2", "llava_hf", "hf_vlm", "vllm"):
         assert always_trusts(name, wrapper_class(name, simple=False)) is None, name
+    # What counts: a literal True passed in a call or a dict; not a default, comment or string.
+    source = (
+        "def f(trust_remote_code=True):\n"
+        "    # load(trust_remote_code=True)\n"
+        "    'load(trust_remote_code=True)'\n"
+        "    load(x, trust_remote_code=trust_remote_code)\n"
+    )
+    assert _literal_trust(ast.parse(source)) is None
+    assert _literal_trust(ast.parse(source + "    load(x, trust_remote_code=True)\n")) == 5
+    assert _literal_trust(ast.parse(source + "    kw = {'trust_remote_code': True}\n")) == 5
 
 
-def test_a_revision_reaches_the_wrapper_or_is_refused():
-    """hf_vlm takes a revision; qwen2_5_vl would load the default branch while the plan names
-    the revision: refused before loading."""
+def test_a_revision_reaches_the_wrapper_or_is_refused(tmp_path):
+    """Wrappers that load model and processor at the revision get it; llama_vision loads its
+    processor from the default branch and qwen2_5_vl takes none: refused before loading, as is a
+    revision of a local folder."""
     from lmms_prune_plugin.models.pruned_vlm import _check_revision
 
     kwargs: dict = {}
-    _check_revision("hf_vlm", False, "v1", kwargs)
+    _check_revision("hf_vlm", "org/name", "v1", kwargs)
     assert kwargs == {"revision": "v1"}
-    _check_revision("qwen2_5_vl", True, None, kwargs := {})
+    _check_revision("qwen2_5_vl", "org/name", None, kwargs := {})
     assert kwargs == {}
-    with pytest.raises(ValueError, match=r"revision='v1' is not allowed with base='qwen2_5_vl'"):
-        _check_revision("qwen2_5_vl", True, "v1", {})
+    for base in ("qwen2_5_vl", "llama_vision"):
+        with pytest.raises(ValueError, match=rf"revision='v1' is not allowed with base='{base}'"):
+            _check_revision(base, "org/name", "v1", {})
+    with pytest.raises(ValueError, match="it is a local folder, which has no revisions"):
+        _check_revision("hf_vlm", str(tmp_path), "v1", {})
 
 
 def test_a_checkpoint_without_model_type_is_refused_before_loading(tmp_path):
@@ -539,3 +556,21 @@ def test_trust_remote_code_true_with_a_wrapper_that_always_trusts_is_accepted():
         kwargs = {"trust_remote_code": True}
         _check_remote_code("qwen2_5_vl", True, "unused", None, True, kwargs)
         _check_base_kwargs("qwen2_5_vl", True, kwargs)
+
+
+def test_errors_of_memory_and_bad_values_while_loading_pass_through_unchanged(monkeypatch):
+    """Only a wrapper's failed lookups (KeyError, AttributeError) are reported as "cannot load
+    this architecture"; running out of memory or a bad value is not about the architecture."""
+    import torch
+
+    from lmms_prune_plugin.models import pruned_vlm
+
+    for error in (torch.OutOfMemoryError("CUDA out of memory"), ValueError("invalid literal")):
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(pruned_vlm, "build_wrapper", fail)
+        with pytest.raises(type(error)) as caught:
+            pruned_vlm.PrunedVLM(budget=0, plan_cache=False)
+        assert caught.value is error

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,18 @@ WRAPPERS: dict[str, str] = {
     "glm4v_moe": "glm4v",  # not glm4v: that wrapper picks the MoE class unless the path says "Flash"
     "qwen3_5": "qwen3_5",
 }
+#: Wrappers that load the model and the processor at ``revision`` (read in their source); any
+#: other would load the default branch while the plan and results name the revision.
+REVISION_WRAPPERS: dict[str, str] = {
+    "hf_vlm": "lmms_prune_plugin/models/hf_vlm.py (model and processor)",
+    "idefics2": "lmms_eval/models/simple/idefics2.py:74-75 (model and processor)",
+    "internvl_hf": "lmms_eval/models/chat/internvl_hf.py:100-115 (model and processor)",
+    # Its config read without the revision (:93) only picks the class, checked after loading.
+    "llava_hf": "lmms_eval/models/simple/llava_hf.py:97,100 (model and processor)",
+}
 #: lmms-eval wrappers that load with trust_remote_code=True whatever they are given (checked;
-#: any other wrapper whose module, or a parent's, says ``trust_remote_code=True`` counts too).
+#: any other wrapper whose module, or a parent's, passes ``trust_remote_code=True`` in a call
+#: or a dict counts too).
 REMOTE_CODE_ALWAYS: dict[str, str] = {
     "qwen3_vl": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
     "qwen3_5": "lmms_eval/models/simple/qwen3_vl.py:36 (AutoConfig)",
@@ -41,9 +51,9 @@ CODE_MAPS = (
     "preprocessor_config.json",
     "tokenizer_config.json",
     "video_preprocessor_config.json",
-    "feature_extractor_config.json",
 )
-_TRUSTS = re.compile(r"trust_remote_code\s*=\s*True\b")
+# Modules whose classes are no wrapper's own code.
+_NOT_WRAPPERS = ("lmms_eval.api.", "lmms_prune_plugin.", "abc", "builtins", "typing")
 
 
 def read_config(pretrained: str, revision: str | None = None) -> dict:
@@ -77,21 +87,42 @@ def wrapper_class(name: str, simple: bool) -> type:
 
 def always_trusts(name: str, cls: type) -> str | None:
     """Where wrapper ``name`` passes ``trust_remote_code=True`` whatever it is given, else None:
-    the known ones, then any whose module (or a parent wrapper's) hard-codes it."""
+    the known ones, then any whose module (or a parent wrapper's) passes the literal ``True`` in
+    a call or a dict (a parameter default is not that: the wrapper honours what it is given)."""
     if name in REMOTE_CODE_ALWAYS:
         return REMOTE_CODE_ALWAYS[name]
     for klass in cls.__mro__:
         module = sys.modules.get(klass.__module__)
-        if module is None or not klass.__module__.startswith("lmms_eval.models."):
+        if module is None or klass.__module__.startswith(_NOT_WRAPPERS):
             continue
         try:
-            source = inspect.getsource(module)
-        except (OSError, TypeError):
+            tree = ast.parse(inspect.getsource(module))
+        except (OSError, TypeError, SyntaxError):
             continue
-        found = _TRUSTS.search(source)
-        if found:
-            line = source.count("\n", 0, found.start()) + 1
+        line = _literal_trust(tree)
+        if line is not None:
             return f"{klass.__module__.replace('.', '/')}.py:{line}"
+    return None
+
+
+def _literal_trust(tree: ast.AST) -> int | None:
+    """The first line that passes ``trust_remote_code=True`` or ``{"trust_remote_code": True}``."""
+
+    def true(node: ast.AST | None) -> bool:
+        return isinstance(node, ast.Constant) and node.value is True
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if any(k.arg == "trust_remote_code" and true(k.value) for k in node.keywords):
+                return node.lineno
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(key, ast.Constant)
+                    and key.value == "trust_remote_code"
+                    and true(value)
+                ):
+                    return node.lineno
     return None
 
 

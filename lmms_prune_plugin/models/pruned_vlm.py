@@ -26,6 +26,7 @@ from . import engine as engines
 from . import results
 from .base import (
     FALLBACK_WRAPPER,
+    REVISION_WRAPPERS,
     always_trusts,
     build_wrapper,
     pick_wrapper,
@@ -96,20 +97,23 @@ class PrunedVLM(lmms):
             base_kwargs, self.engine_kwargs = engines.split_base_and_engine_args(
                 self.base_name, self.is_simple, base_kwargs
             )
+        _check_revision(self.base_name, self.pretrained, self.revision, base_kwargs)
         _check_remote_code(self.base_name, self.is_simple, self.pretrained, self.revision,
                            trust, base_kwargs)  # fmt: skip
-        _check_revision(self.base_name, self.is_simple, self.revision, base_kwargs)
         _check_base_kwargs(self.base_name, self.is_simple, base_kwargs)
 
         try:
             self.base = build_wrapper(
                 self.base_name, self.is_simple, pretrained=self.pretrained, **base_kwargs
             )
-        except (KeyError, AttributeError, TypeError, ValueError, RuntimeError) as err:
+        except (KeyError, AttributeError) as err:
+            # A wrapper's own lookups failing on an architecture it does not know (llava_hf's
+            # model map); bad values, memory and device errors propagate as they are.
+            other = f"base={FALLBACK_WRAPPER!r} or " if self.base_name != FALLBACK_WRAPPER else ""
             raise ValueError(
                 f"base={self.base_name!r} could not load pretrained={self.pretrained!r} (model_type "
-                f"{config.get('model_type')!r}): {type(err).__name__}: {err}; choose "
-                f"base={FALLBACK_WRAPPER!r} or a wrapper that loads this architecture"
+                f"{config.get('model_type')!r}): {type(err).__name__}: {err}; choose {other}a "
+                "wrapper that loads this architecture"
             ) from err
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
@@ -306,19 +310,25 @@ def _check_remote_code(
         )
 
 
-def _check_revision(base: str, simple: bool, revision: str | None, kwargs: dict) -> None:
-    """A revision reaches the base wrapper, or is refused: a wrapper without the argument would
-    load the default branch while the plan and results name the revision."""
+def _check_revision(base: str, pretrained: str, revision: str | None, kwargs: dict) -> None:
+    """A revision reaches the base wrapper, or is refused: a wrapper that does not load model and
+    processor at it would load the default branch while the plan and results name the revision,
+    and a local folder has no revisions."""
     if revision is None:
         return
-    if "revision" in _named_params(wrapper_class(base, simple)):
-        kwargs["revision"] = revision
-        return
-    raise ValueError(
-        f"revision={revision!r} is not allowed with base={base!r}: that wrapper takes no revision "
-        f"and would load the default one; choose base={FALLBACK_WRAPPER!r}, or download that "
-        "revision to a folder and pass the folder as pretrained"
-    )
+    if Path(pretrained).expanduser().exists():
+        raise ValueError(
+            f"revision={revision!r} is not allowed with pretrained={pretrained!r}: it is a local "
+            "folder, which has no revisions; drop revision"
+        )
+    if base not in REVISION_WRAPPERS:
+        raise ValueError(
+            f"revision={revision!r} is not allowed with base={base!r}: that wrapper does not load "
+            "the model and its processor at a revision and would load the default one; choose "
+            f"base= one of {', '.join(REVISION_WRAPPERS)}, or download that revision to a folder "
+            "and pass the folder as pretrained"
+        )
+    kwargs["revision"] = revision
 
 
 def _check_loaded(base: str, pretrained: str, config: dict, model) -> None:
