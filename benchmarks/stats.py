@@ -81,13 +81,14 @@ def estimate(
 ) -> dict[str, Any]:
     """``{value, lo, hi, n}`` of per-round values (and ``groups``, their number, when the
     rounds came in more than one group; see the module's docstring)."""
-    if not len(values):
-        return {"value": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
-    if groups is not None and len(set(groups)) > 1:
-        value, lo, hi = group_interval(values, groups, level)
-        return {"value": value, "lo": lo, "hi": hi, "n": len(values), "groups": len(set(groups))}
     if groups is not None and len(groups) != len(values):
         raise ValueError(f"{len(groups)} group labels for {len(values)} values")
+    if not len(values):
+        return {"value": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    count = len(set(groups)) if groups is not None else 1
+    if count > 1:
+        value, lo, hi = group_interval(values, groups, level)
+        return {"value": value, "lo": lo, "hi": hi, "n": len(values), "groups": count}
     lo, hi = median_interval(values, level)
     return {"value": float(np.median(values)), "lo": lo, "hi": hi, "n": len(values)}
 

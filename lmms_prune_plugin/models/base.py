@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import json
 import sys
@@ -85,6 +86,7 @@ def wrapper_class(name: str, simple: bool) -> type:
         ) from err
 
 
+@functools.cache  # a module's source does not change within a process: parse it once
 def always_trusts(name: str, cls: type) -> str | None:
     """Where wrapper ``name`` passes ``trust_remote_code=True`` whatever it is given, else None:
     the known ones, then any whose module (or a parent wrapper's) passes the literal ``True`` in

@@ -269,7 +269,8 @@ def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
     """An argument neither ours nor a named parameter of the base wrapper is a typo: name it."""
     cls = wrapper_class(base, simple)  # an unknown base: the error lists the choices
     named = _named_params(cls)
-    if "trust_remote_code" in kwargs and "trust_remote_code" not in named:  # never always_trusts
+    # (A wrapper that always trusts no longer has the argument here: _check_remote_code.)
+    if "trust_remote_code" in kwargs and "trust_remote_code" not in named:
         raise ValueError(
             f"trust_remote_code=true is not allowed with base={base!r}: that wrapper loads the "
             "checkpoint with its own classes and takes no remote code; drop it, or choose "
@@ -297,8 +298,10 @@ def _check_remote_code(
     if takes:
         kwargs["trust_remote_code"] = trust
     forced = always_trusts(base, cls)
-    if forced is None or trust:
-        if trust and not takes and forced is not None:
+    if forced is None:
+        return
+    if trust:
+        if not takes:
             kwargs.pop("trust_remote_code", None)  # asked for, and the wrapper does it anyway
         return
     code = ships_code(pretrained, revision)
