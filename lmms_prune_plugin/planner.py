@@ -8,6 +8,7 @@ adaptive criterion asks), and reads and fills the plan cache.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -158,6 +159,7 @@ def select(model: ModelIdentity, scores: Scores, options: PruneOptions,
             "step": copts.step,
             "candidates": copts.candidates,
             **({"order": list(scores.order)} if scores.order else {}),
+            **({"block_scores": _encode(scores.blocks[k])} if k in scores.blocks else {}),
         },  # fmt: skip
         strategy=options.strategy_name,
         strategy_options=asdict(options.strategy_options()),
@@ -167,6 +169,52 @@ def select(model: ModelIdentity, scores: Scores, options: PruneOptions,
         calibration=calibration or CalibrationIdentity(),
         token_selection=tokens,
     )
+
+
+def _encode(values: Sequence[float]) -> list[float | None]:
+    """Block scores as JSON: -inf (a block that may not be picked) as null."""
+    return [None if v == -math.inf else v for v in values]
+
+
+def recorded_scores(
+    per_layer: Sequence[float], criterion_options: Mapping, budget: int | float, num_layers: int
+) -> Scores:
+    """The scores a plan (or a sweep row) records, as the strategy saw them: per-layer scores,
+    the block scores of ``budget`` layers and a greedy criterion's removal order (its
+    per-layer scores are those the order gives)."""
+    k = resolve_budget(budget, num_layers)
+    blocks = criterion_options.get("block_scores")
+    by_size = {k: tuple(-math.inf if v is None else v for v in blocks)} if blocks else {}
+    order = tuple(criterion_options.get("order", ()))
+    if order:
+        return Scores(order_scores(order, k, num_layers).per_layer, by_size, order)
+    return Scores(tuple(per_layer), by_size)
+
+
+def derivation_problem(plan: PrunePlan, options: PruneOptions) -> str | None:
+    """What in ``plan`` does not follow from its own scores and ``options`` (a hand-edited or
+    foreign plan), or None. Pure: the strategy runs again on the recorded scores."""
+    n = plan.model.num_layers
+    try:
+        if resolve_budget(options.budget, n) == 0:
+            want = unpruned_plan(plan.model)
+        else:
+            scores = recorded_scores(plan.scores, plan.criterion_options, options.budget, n)
+            want = select(plan.model, scores, options, plan.calibration, plan.token_selection)
+    except (ValueError, TypeError, IndexError, KeyError) as err:
+        return f"its scores and options cannot be re-derived ({type(err).__name__}: {err})"
+    fields = "criterion criterion_options strategy strategy_options budget scores removed"
+    diffs = [
+        f"{f}={_short(getattr(plan, f))} where its scores and options give {_short(getattr(want, f))}"
+        for f in (*fields.split(), "package_version")
+        if getattr(plan, f) != getattr(want, f)
+    ]
+    return "; ".join(diffs) or None
+
+
+def _short(value: object, width: int = 120) -> str:
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def make_plan(
@@ -352,7 +400,7 @@ class Planner:
         plan = self.cache.get_plan(k)
         if plan is None:
             return None
-        problem = plan.problem_for(self.identity, o)
+        problem = plan.problem_for(self.identity, o) or derivation_problem(plan, o)
         if problem:
             logger.warning(
                 f"lmms-prune: cache entry {self.cache.path('plan', k)} does not fit ({problem}); recomputing it"
