@@ -8,18 +8,22 @@ so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
+from loguru import logger
 from tqdm import tqdm
 
 from .args import check_writable
 from .distributed import is_main
 from .layers import decoder_layers_removed
 from .models import engine as engines
-from .planner import BASELINE, PruneOptions
+from .planner import BASELINE, PruneOptions, recorded_scores
 from .plugins import get_strategy
+from .strategies import StrategyOptions
 
 SWEPT = ("criterion", "strategy", "budget")  # one value per cell; every other option is shared
 
@@ -68,12 +72,43 @@ def plan_cells(
 
 
 def check_tasks(tasks: Sequence[str], task_manager) -> None:
-    known = set(task_manager.all_tasks)
-    unknown = [t for t in tasks if t not in known]
+    """Every task must be known to the TaskManager; an unknown one is named with the known
+    names closest to it."""
+    known = list(task_manager.all_tasks)
+    unknown = [t for t in tasks if t not in set(known)]
     if unknown:
+        hints = []
+        for t in unknown:
+            close = suggest(t, known)
+            hints.append(
+                f"{t!r}: did you mean {', '.join(map(repr, close))}?"
+                if close
+                else f"{t!r}: no known task has a similar name"
+            )
         raise ValueError(
-            f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path)"
+            f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path); "
+            + "; ".join(hints)
         )
+
+
+def suggest(name: str, known: Iterable[str], n: int = 6) -> list[str]:
+    """Known names close to ``name``, case-insensitively: the same name in another case, close
+    spellings (difflib), names that begin with it, then names that share its stem (the part
+    before its last underscore, as in ``prune_demo_*``)."""
+    import difflib
+
+    by_lower: dict[str, list[str]] = {}
+    for k in sorted(known):
+        by_lower.setdefault(k.lower(), []).append(k)
+    low = name.lower()
+    stem = low.rsplit("_", 1)[0] + "_" if "_" in low else None
+    found = list(by_lower.get(low, []))
+    for match in difflib.get_close_matches(low, list(by_lower), n, cutoff=0.6):
+        found += by_lower[match]
+    found += [k for lower, ks in by_lower.items() if lower.startswith(low) for k in ks]
+    if stem:
+        found += [k for lower, ks in by_lower.items() if lower.startswith(stem) for k in ks]
+    return list(dict.fromkeys(found))[:n]
 
 
 #: Keys every sweep row has, with the types they must have.
@@ -107,32 +142,136 @@ def check_row(row: object) -> str | None:
     return None
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a sweep file; a malformed line is an error naming the file and line."""
+def plan_problem(row: dict) -> str | None:
+    """Why a row's removed layers are not the plan its cell gives on the row's own scores (a
+    hand-edited row), or None. Rows that record no scores or shared options (older files), or
+    a strategy not registered here, cannot be checked and pass."""
+    if row["budget"] == 0:
+        return None if row["removed"] == [] else f"removed={row['removed']!r} in a budget-0 row"
+    options = (row.get("settings") or {}).get("options")
+    old_angular = row["strategy"] == "contiguous" and "criterion_options" not in row
+    if not row.get("scores") or not isinstance(options, dict) or old_angular:
+        return None
+    try:
+        strategy = get_strategy(row["strategy"])
+    except ValueError:
+        return None
+    try:
+        n = row.get("num_layers") or len(row["scores"])
+        scores = recorded_scores(
+            row["scores"], row.get("criterion_options") or {}, row["budget"], n
+        )
+        names = [f.name for f in fields(StrategyOptions)]
+        given = StrategyOptions(**{k: options[k] for k in names if k in options})
+        want = list(strategy(scores, row["budget"], given))
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
+        return f"its plan cannot be re-derived from its scores and options ({err})"
+    if want != row["removed"]:
+        return (
+            f"removed={row['removed']!r} is not what strategy={row['strategy']!r}, "
+            f"budget={row['budget']!r} and {given} give on the row's scores: {want!r}"
+        )
+    return None
+
+
+def read_rows(path: str | Path, name: str = "sweep") -> list[dict]:
+    """Rows of a sweep file. A line that is no JSON row, or whose removed layers do not follow
+    from its scores and options, is an error naming the file and line; a torn last line (an
+    interrupted write) is dropped and reported."""
+    return [row for _, row in numbered_rows(path, name)]
+
+
+def numbered_rows(path: str | Path, name: str = "sweep") -> list[tuple[int, dict]]:
+    """:func:`read_rows` with each row's line number."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"sweep={str(path)!r} is a folder; give a sweep JSONL file")
+    text = _sweep_text(path, name)
+    lines = text.splitlines()
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
+            if n == len(lines) and _torn(text):
+                logger.warning(
+                    f"lmms-prune: {path}:{n}: dropped a torn last line ({len(line)} "
+                    "characters, an interrupted write)"
+                )
+                break
             raise ValueError(f"{path}:{n}: not a JSON line ({err.msg})") from err
         problem = check_row(row)
         if problem:
             raise ValueError(f"{path}:{n}: not a sweep row: {problem}")
-        rows.append(row)
+        problem = plan_problem(row)
+        if problem:
+            raise ValueError(
+                f"{path}:{n}: the row does not hold its cell's plan: {problem}; it was edited or "
+                "damaged: remove the line (the cell then runs again) or restore it"
+            )
+        rows.append((n, row))
     return rows
+
+
+def _sweep_text(path: Path, name: str) -> str:
+    """The file as text, or an error naming it: a folder, unreadable, binary."""
+    if path.is_dir():
+        raise ValueError(f"{name}={str(path)!r} is a folder; give a sweep JSONL file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{name}={str(path)!r} cannot be read ({err.strerror})") from err
+    why = f"a NUL byte at byte {data.index(0)}" if 0 in data else None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        why = f"byte {err.start} is not UTF-8"
+    if why:
+        raise ValueError(
+            f"{name}={str(path)!r} is not a sweep JSONL file: it is binary ({why}); give the "
+            "JSONL file lmms-prune sweep wrote"
+        )
+    return text
+
+
+def _torn(text: str) -> bool:
+    """Whether the text ends in a row cut by an interrupted write: no final newline, a line
+    that starts as a row and is no JSON."""
+    last = text.rsplit("\n", 1)[-1]
+    if text.endswith("\n") or not last.lstrip().startswith("{"):
+        return False
+    try:
+        json.loads(last)
+    except json.JSONDecodeError:
+        return True
+    return False
+
+
+def _mend_tail(out: Path) -> None:
+    """Make ``out`` end with a newline before rows are appended: a torn last line (reported
+    when the file was read) is cut off, a complete one gets its newline."""
+    if not out.exists():
+        return
+    data = out.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    if _torn(data.decode("utf-8")):
+        os.truncate(out, data.rfind(b"\n") + 1)
+    else:
+        with out.open("a") as f:
+            f.write("\n")
 
 
 def check_out(out: Path) -> list[dict]:
     """The rows already in ``out`` (a resumed sweep), after checking it can be appended to."""
+    return [row for _, row in _resume_rows(out)]
+
+
+def _resume_rows(out: Path) -> list[tuple[int, dict]]:
     if out.is_dir():
         raise ValueError(f"out={str(out)!r} is a folder; give the sweep JSONL file to write")
     check_writable("out", out)
-    return read_rows(out) if out.exists() else []
+    return numbered_rows(out, "out") if out.exists() else []
 
 
 def task_metrics(results: dict) -> dict[str, dict[str, float]]:
@@ -200,75 +339,155 @@ def run_sweep(
     (:class:`~.heal.HealOptions`) every pruned cell is also healed and evaluated again: that
     row's criterion reads ``<criterion>+heal``, next to the unhealed one.
     """
-    out = Path(out)
+    _check_engine(lm, engine, heal)
     lm.keep_loaded = True
-    model_name = lm.pretrained
-    if engine != getattr(lm, "engine", "hf"):
-        raise ValueError(
-            f"engine={engine!r} is not the engine the model was built for ({getattr(lm, 'engine', 'hf')!r})"
-        )
-    if heal is not None and engine != "hf":
-        raise ValueError("heal is not allowed with engine='vllm': healing trains the HF model")
     common = dict(options or {})
-    shared = {k: v for k, v in asdict(PruneOptions.parse(**common)).items() if k not in SWEPT}
-    cal = lm.calibration
-    settings = {"options": shared, "calibration": {"sets": dict(cal.sets), "limit": cal.limit,
-                                                    "tokens": cal.tokens}}  # fmt: skip
-    done = {  # rows of another engine or other settings are other cells
-        (Cell(r["criterion"], r["strategy"], r["budget"]).key(
-            r["model"], r["tasks"], r.get("limit"), r.get("settings", {})), r.get("engine", "hf"))
-        for r in check_out(out)
-    }  # fmt: skip
-
-    def missing(cell: Cell) -> bool:
-        return (cell.key(model_name, tasks, limit, settings), engine) not in done
-
-    # A cell runs when its row is missing, or (healing) its healed row is.
-    todo = [c for c in cells
-            if missing(c) or heal is not None and c.budget != 0 and missing(_healed(c))]  # fmt: skip
-    n = lm.identity.num_layers
+    run = _Sweep(
+        lm, tuple(tasks), task_manager, Path(out), limit, engine, heal, sweep_settings(lm, common)
+    )
+    run.resume(_resume_rows(run.out))
+    todo = [c for c in cells if run.needs(c)]
     # Every plan first, from one calibration pass per domain: a cell that cannot be planned
     # (say spaced beyond what min_gap allows) stops the sweep before any evaluation.
-    per_cell = [
-        PruneOptions.parse(**common, criterion=c.criterion, strategy=c.strategy, budget=c.budget)
-        if c.budget != 0
-        else PruneOptions(criterion="last", budget=0)
-        for c in todo
-    ]
-    plans = lm.planner.plans(per_cell)
+    plans = lm.planner.plans([_cell_options(c, common) for c in todo])
     if engine != "hf" and todo:
         engines.release_hf_model(lm)
-    data = None
+    if todo and is_main():
+        _mend_tail(run.out)
     for cell, plan in tqdm(
         list(zip(todo, plans, strict=True)), desc="sweep", disable=not is_main()
     ):
-        runs = [(cell, None)] if missing(cell) else []
-        if heal is not None and cell.budget != 0 and missing(_healed(cell)):
+        run.cell(cell, plan)
+    return SweepSummary(len(cells), len(todo), len(cells) - len(todo), lm.planner.forwards)
+
+
+def _check_engine(lm, engine: str, heal) -> None:
+    built = getattr(lm, "engine", "hf")
+    if engine != built:
+        raise ValueError(f"engine={engine!r} is not the engine the model was built for ({built!r})")
+    if heal is not None and engine != "hf":
+        raise ValueError("heal is not allowed with engine='vllm': healing trains the HF model")
+
+
+def _cell_options(cell: Cell, common: dict) -> PruneOptions:
+    if cell.budget == 0:
+        return PruneOptions(criterion="last", budget=0)
+    return PruneOptions.parse(
+        **common, criterion=cell.criterion, strategy=cell.strategy, budget=cell.budget
+    )
+
+
+#: What each part of a row's settings stands for, in messages.
+SETTINGS = {
+    "options": "shared prune options",
+    "calibration": "calibration sets, limit or tokens",
+    "run": "run (weights fingerprint, checkpoint files, base wrapper and its arguments, dtype)",
+    "calibration_keys": "calibration data (task contents, limit, tokens)",
+}
+
+
+def sweep_settings(lm, common: dict) -> dict:
+    """Everything but the cell that makes two rows the same measurement: the shared prune
+    options, the calibration config, and what keys the plan cache: the run (weights
+    fingerprint, checkpoint files, base wrapper and its arguments, dtype) and each domain's
+    calibration key (task contents, limit, tokens)."""
+    shared = {k: v for k, v in asdict(PruneOptions.parse(**common)).items() if k not in SWEPT}
+    cal, planner = lm.calibration, lm.planner
+    return {
+        "options": shared,
+        "calibration": {"sets": dict(cal.sets), "limit": cal.limit, "tokens": cal.tokens},
+        "run": planner.run_key,
+        "calibration_keys": {d: planner.calibrator.key(d) for d in sorted(cal.sets)},
+    }
+
+
+def settings_difference(have: object, want: dict) -> str:
+    """Which parts of two rows' settings differ, in words."""
+    if not isinstance(have, dict):
+        return "settings (none recorded: an older lmms-prune)"
+    names = [
+        SETTINGS.get(k, k) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)
+    ]
+    return "; ".join(names)
+
+
+@dataclass
+class _Sweep:
+    """One sweep: what every row shares, the rows already written, and how a cell runs."""
+
+    lm: Any
+    tasks: tuple[str, ...]
+    task_manager: Any
+    out: Path
+    limit: int | None
+    engine: str
+    heal: Any
+    settings: dict
+    done: set = field(default_factory=set)
+    data: Any = None  # healing's training data: the teacher is the same for every cell
+
+    def resume(self, rows: list[tuple[int, dict]]) -> None:
+        """Remember the rows in ``out``; one of this model made with other settings is an error
+        (a sweep file holds one configuration per model, so its report compares like with like)."""
+        model = self.lm.pretrained
+        for n, r in rows:
+            if r["model"] == model and r.get("settings") != self.settings:
+                raise ValueError(
+                    f"out={str(self.out)!r}: line {n} holds a row of {model!r} made with another "
+                    f"{settings_difference(r.get('settings'), self.settings)}; a sweep file holds "
+                    "one configuration per model: give another --out"
+                )
+        cells = [(Cell(r["criterion"], r["strategy"], r["budget"]), r) for _, r in rows]
+        self.done = {
+            (self._key(c, r["tasks"], r.get("limit")), r.get("engine", "hf"))
+            for c, r in cells
+            if r["model"] == model
+        }
+
+    def _key(self, cell: Cell, tasks: Sequence[str], limit: int | None) -> str:
+        return cell.key(self.lm.pretrained, tasks, limit, self.settings)
+
+    def missing(self, cell: Cell) -> bool:
+        return (self._key(cell, self.tasks, self.limit), self.engine) not in self.done
+
+    def needs(self, cell: Cell) -> bool:
+        """A cell runs when its row is missing, or (healing) its healed row is."""
+        healed = self.heal is not None and cell.budget != 0 and self.missing(_healed(cell))
+        return self.missing(cell) or healed
+
+    def cell(self, cell: Cell, plan) -> None:
+        """Evaluate one cell (and its healed twin) and append their rows."""
+        runs = [(cell, None)] if self.missing(cell) else []
+        if self.heal is not None and cell.budget != 0 and self.missing(_healed(cell)):
             from .heal import training_data_for
 
-            data = data or training_data_for(lm, heal)  # the teacher is the same for every cell
-            runs.append((_healed(cell), "heal"))
-        for row_cell, healing in runs:
-            if engine != "hf":
-                res, summary = _evaluate_in_engine(lm, plan, tasks, limit, task_manager), None
+            self.data = self.data or training_data_for(self.lm, self.heal)
+            runs.append((_healed(cell), self.heal))
+        lm, tasks, limit, tm = self.lm, self.tasks, self.limit, self.task_manager
+        for row_cell, heal in runs:
+            if self.engine != "hf":
+                res, summary = _evaluate_in_engine(lm, plan, tasks, limit, tm), None
             else:
-                res, summary = _evaluate_here(lm, plan, tasks, limit, task_manager,
-                                              heal if healing else None, data)  # fmt: skip
+                res, summary = _evaluate_here(lm, plan, tasks, limit, tm, heal, self.data)
             if res is None or not is_main():  # other ranks: the harness reports on rank 0 only
                 continue
-            row = {
-                "model": model_name, "criterion": row_cell.criterion, "strategy": row_cell.strategy,
-                "budget": row_cell.budget, "num_layers": n, "kept_layers": n - len(plan.removed),
-                "removed": list(plan.removed), "tasks": sorted(tasks), "limit": limit,
-                "metrics": task_metrics(res), "per_doc": document_scores(res),
-                "scores": list(plan.scores), "calibration": plan.to_dict()["calibration"],
-                "settings": settings, "engine": engine,
-            }  # fmt: skip
-            if summary is not None:
-                row["healing"] = summary
-            with out.open("a") as f:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-    return SweepSummary(len(cells), len(todo), len(cells) - len(todo), lm.planner.forwards)
+            with self.out.open("a") as f:
+                f.write(json.dumps(self.row(row_cell, plan, res, summary), sort_keys=True) + "\n")
+
+    def row(self, cell: Cell, plan, res: dict, summary: dict | None) -> dict:
+        n, recorded = self.lm.identity.num_layers, plan.to_dict()
+        row = {
+            "model": self.lm.pretrained, "criterion": cell.criterion, "strategy": cell.strategy,
+            "budget": cell.budget, "num_layers": n, "kept_layers": n - len(plan.removed),
+            "removed": list(plan.removed), "tasks": sorted(self.tasks), "limit": self.limit,
+            "metrics": task_metrics(res), "per_doc": document_scores(res),
+            "scores": list(plan.scores), "criterion_options": recorded["criterion_options"],
+            "calibration": recorded["calibration"], "settings": self.settings,
+            "engine": self.engine,
+        }  # fmt: skip
+        if summary is not None:
+            row["healing"] = summary
+        return row
 
 
 def _healed(cell: Cell) -> Cell:
