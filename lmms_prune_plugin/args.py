@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 _NONE = ("", "none", "null")
+MAX_JSON_BYTES = 64 << 20  # plans, results and cache entries are kilobytes
 
 
 def is_none(value: Any) -> bool:
@@ -88,17 +90,58 @@ def closest(name: str, choices: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def reject_empty(name: str, value: Any) -> None:
+    """An empty or blank string is never a value: ``plan=`` would otherwise mean "no plan"."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(
+            f"{name}={value!r} is not allowed: it is empty; give a value or leave {name} out"
+        )
+
+
 def check_writable(name: str, path: str | os.PathLike) -> Path:
-    """``path`` can be created or written: its nearest existing ancestor is a writable folder
-    (a file on the way makes that impossible, even for root)."""
+    """``path`` can be created or written: its nearest existing ancestor is a folder in which a
+    file can really be created (``os.access`` says yes for root on /proc; a file on the way makes
+    it impossible even for root)."""
     target = Path(path).expanduser()
     probe = target
-    while not probe.exists():
+    while not probe.exists() and not probe.is_symlink():
         probe = probe.parent
-    if probe == target and target.is_file():
+    if probe == target and (target.is_file() or target.is_symlink()):
         probe = target.parent  # the file itself is what will be replaced
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    reason = "" if probe.is_dir() else "it is not a folder"
+    if not reason:
+        try:  # our own empty temporary file, removed at once
+            tempfile.TemporaryFile(dir=probe).close()
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+    if reason:
         raise ValueError(
-            f"{name}={str(path)!r} is not allowed: {str(probe)!r} is not a writable folder"
+            f"{name}={str(path)!r} is not allowed: {str(probe)!r} is not a writable folder "
+            f"({reason}); give a path in a folder you can write"
         )
     return target
+
+
+def read_small_file(name: str, path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> str:
+    """The text of a regular file of at most ``limit`` bytes, read with that cap: a folder, a
+    device (``/dev/zero``), a pipe or a huge file is refused before it is read."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"{name}={str(path)!r}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{name}={str(path)!r} is not allowed: it is a folder; give a file")
+    if not path.is_file():
+        raise ValueError(
+            f"{name}={str(path)!r} is not allowed: it is not a regular file (a device or pipe)"
+        )
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(
+            f"{name}={str(path)!r} is not allowed: it is larger than {limit >> 20} MiB, far "
+            "larger than any file of this kind"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name}={str(path)!r} is not allowed: it is not text ({err})") from err

@@ -178,12 +178,13 @@ class PrunePlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PrunePlan:
         """Read a plan file; a missing, corrupt or foreign file gives an error naming it."""
+        from .args import read_small_file
+
         path = Path(path)
+        text = read_small_file("plan", path)  # a folder, /dev/zero or a huge file: refused
         try:
-            return cls.from_json(path.read_text())
-        except FileNotFoundError as err:
-            raise ValueError(f"plan={str(path)!r}: no such file") from err
-        except (json.JSONDecodeError, ValueError, UnicodeDecodeError) as err:
+            return cls.from_json(text)
+        except (json.JSONDecodeError, ValueError, RecursionError) as err:
             raise ValueError(f"plan={str(path)!r} is not a valid prune plan: {err}") from err
 
     def check_model(self, model: nn.Module, identity: ModelIdentity | None = None,
@@ -237,13 +238,24 @@ def content_hash(items: Sequence[Any]) -> str:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:  # name the file asked for, not our temporary one
+        raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror}") from err
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain write would not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it; set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -15,10 +15,12 @@ from typing import Any
 
 from lmms_eval.api.model import lmms
 
-from ..args import check_writable, closest, is_none, optional, parse_bool
+from ..args import check_writable, closest, is_none, optional, parse_bool, reject_empty
 from ..cache import files_fingerprint, key, weights_fingerprint
 from ..calibration import DEFAULT_SETS, CalibrationConfig
+from ..checkpoint import check_stored_depth, check_weight_files, local_folder, read_local_config
 from ..distributed import is_main
+from ..layers import find_decoder_layers
 from ..plan import ModelIdentity, PrunePlan
 from ..planner import Planner, PruneOptions, check_options, prune_option_names
 from ..plugins import get_criterion
@@ -35,6 +37,7 @@ from .base import (
     unwrap,
     wrapper_class,
 )
+from .exit_status import check_unique_keys, exit_nonzero_on_failure
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
@@ -66,8 +69,12 @@ class PrunedVLM(lmms):
         alpha, ...); anything else goes to the base wrapper."""
         super().__init__()
         # Everything the arguments alone can tell is checked before the model is loaded.
+        for name, value in _own_values(locals(), kwargs):
+            reject_empty(name, value)
         names = prune_option_names()
-        self.options = PruneOptions.parse(**{k: kwargs.pop(k) for k in names if k in kwargs})
+        given = {k: kwargs.pop(k) for k in names if k in kwargs}
+        _check_plan_alone(plan, given)
+        self.options = PruneOptions.parse(**given)
         base_kwargs = kwargs
         self.calibration = CalibrationConfig.parse(
             calib_math, calib_nonmath, calib_limit, tokens, include_path, plan_cache
@@ -84,6 +91,7 @@ class PrunedVLM(lmms):
         pretrained, base_kwargs = _default_model(pretrained, base_kwargs)
         self.pretrained, self.revision = pretrained, optional(revision)
         config = _read_checkpoint_config(self.pretrained, self.revision)
+        stored = check_weight_files(self.pretrained)  # a damaged file is named before loading
         depth = _text_depth(config)
         if plan_file is None and depth is not None:  # checked again, exactly, after loading
             check_options(self.options, depth, self.calibration.sets)
@@ -118,6 +126,7 @@ class PrunedVLM(lmms):
         # The evaluator reads is_simple from the instance: follow the base (qwen2_vl is simple-only).
         self.is_simple = getattr(self.base, "is_simple", self.is_simple)
         _check_loaded(self.base_name, self.pretrained, config, self.hf_model)
+        check_stored_depth(self.pretrained, stored, find_decoder_layers(self.hf_model).layers)
         self.task_dict = self.base.task_dict  # one dict: the evaluator fills it, the base reads it
         self.keep_loaded = False  # a sweep evaluates one loaded model many times
 
@@ -140,6 +149,14 @@ class PrunedVLM(lmms):
         results.record_engine(self.engine, getattr(self, "served_from", None))
         print(f"{describe(self.plan)} | base={self.base_name}", file=sys.stderr)
 
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lmms-eval's entry: the raw ``--model_args`` string is seen only here, so a key given
+        twice (lmms-eval would keep the last) is refused here."""
+        with exit_nonzero_on_failure():
+            check_unique_keys(arg_string)
+            return super().create_from_arg_string(arg_string, additional_config)
+
     @property
     def calibration_forwards(self) -> int:
         return self.planner.forwards
@@ -156,14 +173,17 @@ class PrunedVLM(lmms):
             self.base.clean()
 
     def generate_until(self, requests):
-        return self.base.generate_until(requests)
+        with exit_nonzero_on_failure():
+            return self.base.generate_until(requests)
 
     def loglikelihood(self, requests):
         """Scored here, not by the base: several lmms-eval wrappers do not implement it (Qwen)
         or return what the multiple-choice tasks misread (see models/scoring.py)."""
         from .scoring import loglikelihood
 
-        return loglikelihood(self.hf_model, self._processor(), self.task_dict, requests, self.rank)
+        with exit_nonzero_on_failure():
+            model, processor = self.hf_model, self._processor()
+            return loglikelihood(model, processor, self.task_dict, requests, self.rank)
 
     def _processor(self):
         """The base wrapper's own processor (its image settings), else the checkpoint's."""
@@ -182,7 +202,8 @@ class PrunedVLM(lmms):
         return self._own_processor
 
     def generate_until_multi_round(self, requests):
-        return self.base.generate_until_multi_round(requests)
+        with exit_nonzero_on_failure():
+            return self.base.generate_until_multi_round(requests)
 
     @property
     def rank(self):
@@ -212,6 +233,26 @@ OWN_ARGS = (
 )
 
 
+def _own_values(local: dict, kwargs: dict):
+    """(name, value) of every argument of ours that was given, for checks common to all."""
+    for name in OWN_ARGS:
+        if name in kwargs:
+            yield name, kwargs[name]
+        elif name in local and local[name] is not None:
+            yield name, local[name]
+
+
+def _check_plan_alone(plan: object, given: dict) -> None:
+    """A plan decides every removed layer: options that would make another plan contradict it."""
+    if is_none(plan) or not given:
+        return
+    names = ", ".join(f"{k}={v!r}" for k, v in given.items())
+    raise ValueError(
+        f"plan={plan!r} is not allowed together with {names}: the plan file already fixes which "
+        "layers are removed; give either plan= or the pruning options, not both"
+    )
+
+
 def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict]:
     """No ``pretrained``: the packaged demo model, with the wrapper settings it needs."""
     if not is_none(pretrained):
@@ -234,8 +275,9 @@ def _read_checkpoint_config(pretrained: str, revision: str | None) -> dict:
         raise ValueError(
             f"pretrained={pretrained!r} is not allowed: no such folder, and not a hub id (org/name)"
         )
+    folder = local_folder(pretrained)
     try:
-        config = read_config(pretrained, revision)
+        config = read_local_config(folder) if folder else read_config(pretrained, revision)
     except OSError as err:
         raise ValueError(
             f"pretrained={pretrained!r}: no such local folder, and its config could not be fetched "
@@ -384,6 +426,8 @@ def _check_save_plan(path: str | None) -> Path | None:
 def describe(plan: PrunePlan) -> str:
     """A short human summary of a plan."""
     kept = plan.model.num_layers - len(plan.removed)
+    if not plan.removed:
+        return f"lmms-prune: {plan.model.name_or_path} ({plan.model.architecture}) loaded unpruned, {kept} layers"
     scores = ", ".join(f"{i}:{plan.scores[i]:.4f}" for i in plan.removed) if plan.scores else "-"
     return (
         f"lmms-prune: {plan.model.name_or_path} ({plan.model.architecture}) "

@@ -1,0 +1,145 @@
+"""What a local checkpoint folder holds, read cheaply and checked before anything trusts it.
+
+transformers loads a truncated safetensors file with an error that names no file, and a config
+whose ``num_hidden_layers`` disagrees with the weights with a table of MISSING keys: the missing
+layers are initialised at random and evaluated. Both are caught here from the safetensors
+headers (a few KiB each), never from the tensor data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+from torch import nn
+
+from .args import read_small_file
+
+_MAX_HEADER = 100 << 20  # safetensors itself refuses larger headers
+_INDEXED = re.compile(r"^(.*?)\.(\d+)\.(.+)$")  # prefix . first index . parameter
+
+
+def local_folder(pretrained: str) -> Path | None:
+    path = Path(pretrained).expanduser()
+    return path if path.is_dir() else None
+
+
+def read_local_config(folder: Path, name: str = "pretrained") -> dict:
+    """``config.json`` of a local checkpoint; a file that is not a JSON object is named."""
+    text = read_small_file(f"{name} config", folder / "config.json")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{name}={str(folder)!r} is not allowed: its config.json is not valid JSON ({err}); "
+            "repair or replace that file"
+        ) from err
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{name}={str(folder)!r} is not allowed: its config.json is not a JSON object"
+        )
+    return config
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of one safetensors file, after checking that the file is whole: the
+    header's last tensor must end exactly where the file does."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < n <= min(_MAX_HEADER, size - 8):
+            raise _damaged(path, f"its header length ({n}) does not fit a {size}-byte file")
+        try:
+            header = json.loads(handle.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise _damaged(path, f"its header is not JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a JSON object")
+    ends = [
+        t["data_offsets"][1]
+        for name, t in header.items()
+        if name != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets", ())) == 2
+    ]
+    expected = 8 + n + max(ends, default=0)
+    if expected != size:
+        raise _damaged(
+            path, f"its header needs {expected} bytes and the file has {size} (truncated?)"
+        )
+    return header
+
+
+def _damaged(path: Path, why: str) -> ValueError:
+    return ValueError(
+        f"pretrained={str(path.parent)!r} is not allowed: {path.name} is damaged: {why}; "
+        "download or copy that file again"
+    )
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a local checkpoint; shards named by an index must exist."""
+    files = sorted(folder.glob("*.safetensors"))
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        text = read_small_file("pretrained index", index)
+        try:
+            shards = set(json.loads(text)["weight_map"].values())
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise _damaged(index, f"it is not a safetensors index ({err!r})") from err
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            raise _damaged(index, f"it names shards that are missing: {', '.join(missing)}")
+    return files
+
+
+def check_weight_files(pretrained: str) -> list[str]:
+    """Check every safetensors file of a local checkpoint before loading; their tensor names
+    (empty for a hub id or a checkpoint without safetensors)."""
+    folder = local_folder(pretrained)
+    if folder is None:
+        return []
+    return [
+        name
+        for f in weight_files(folder)
+        for name in safetensors_header(f)
+        if name != "__metadata__"
+    ]
+
+
+def stored_layer_indices(names: Iterable[str], layer0: set[str]) -> tuple[str, set[int]] | None:
+    """Which indexed group of tensor names holds the decoder layers (the one whose parameter
+    names best match those of the loaded model's first decoder layer), and its indices."""
+    groups: dict[str, dict[int, set[str]]] = {}
+    for name in names:
+        m = _INDEXED.match(name)
+        if m:
+            groups.setdefault(m[1], {}).setdefault(int(m[2]), set()).add(m[3])
+    best, best_share = None, 0.5  # below half the names in common: not found, no verdict
+    for prefix, layers in groups.items():
+        seen = set().union(*layers.values())
+        share = len(seen & layer0) / max(len(layer0), 1)
+        if share > best_share:
+            best, best_share = prefix, share
+    return (best, set(groups[best])) if best is not None else None
+
+
+def check_stored_depth(pretrained: str, names: list[str], layers: nn.ModuleList) -> None:
+    """The weights hold exactly the decoder layers the config asked for: a config that says 6
+    layers over weights of 4 would evaluate two random layers."""
+    if not names or not len(layers):
+        return
+    layer0 = {n for n, _ in layers[0].named_parameters()}
+    found = stored_layer_indices(names, layer0)
+    if found is None:
+        return
+    prefix, stored = found
+    want = set(range(len(layers)))
+    if stored != want:
+        raise ValueError(
+            f"pretrained={pretrained!r} is not allowed: its config gives the text decoder "
+            f"{len(layers)} layers, but the weights hold {len(stored)} ({prefix}.0-"
+            f"{max(stored)}); layers not in the weights would be random. Make num_hidden_layers "
+            "(and every per-layer list, such as layer_types) in config.json match the weights"
+        )
