@@ -76,6 +76,8 @@ def is_math_task(task: str, math_tasks: Sequence[str] | None = None) -> bool:
 
 
 def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
+    """A report compares like with like: one model, made with one configuration (settings),
+    unless ``allow_mixed``; and never one cell (model, method, budget, engine) twice."""
     if not rows:
         raise ValueError("the sweep file holds no rows")
     models = sorted({r["model"] for r in rows})
@@ -83,6 +85,32 @@ def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
         raise ValueError(
             f"the sweep mixes rows of {len(models)} models ({', '.join(models)}); pass --allow-mixed to report them together"
         )
+    seen: dict[tuple, dict] = {}
+    for r in rows:
+        cell = (r["model"], method(r), r["budget"], r.get("engine", "hf"))
+        if cell in seen:
+            raise ValueError(
+                f"the sweep holds model={cell[0]!r}, method={cell[1]!r}, budget={cell[2]!r}, "
+                f"engine={cell[3]!r} twice (tasks {seen[cell]['tasks']} and {r['tasks']}); a "
+                "report holds one row per cell: report those sweeps separately"
+            )
+        seen[cell] = r
+    if not allow_mixed:
+        _check_one_configuration(rows)
+
+
+def _check_one_configuration(rows: list[dict]) -> None:
+    from .sweep import settings_difference
+
+    first: dict[str, dict] = {}
+    for r in rows:
+        have = first.setdefault(r["model"], r)
+        if r.get("settings") != have.get("settings"):
+            what = settings_difference(r.get("settings"), have.get("settings") or {})
+            raise ValueError(
+                f"the rows of model {r['model']!r} were made with other {what}; pass "
+                "--allow-mixed to report them together"
+            )
 
 
 def method(row: dict) -> str:
@@ -374,21 +402,23 @@ def by_budget(board: Leaderboard, columns: Sequence[str] = ("math_avg", "general
     """
     budgets = sorted({r["budget"] for r in board.records})
     methods = sorted({r["method"] for r in board.records if r["budget"] != 0})
-    cell = {(r["model"], r["method"], r["budget"]): r for r in board.records}
-    models = sorted({r["model"] for r in board.records})
-    base = {m: cell.get((m, "unpruned", 0)) for m in models}
+    # One curve per model and engine: rows of two engines never stand in for each other.
+    cell = {(r["model"], r["engine"], r["method"], r["budget"]): r for r in board.records}
+    series = sorted({(r["model"], r["engine"]) for r in board.records})
+    models, engines = {m for m, _ in series}, {e for _, e in series}
     label = " / ".join(columns)
     lines = [
         "| " + " | ".join(["method", *[f"budget {b}" for b in budgets]]) + " |",
         "|---" * (len(budgets) + 1) + "|",
     ]
-    for model in models:
+    for model, engine in series:
         for m in methods:
             cells = []
             for b in budgets:
-                rec = base[model] if b == 0 else cell.get((model, m, b))
+                rec = cell.get((model, engine, "unpruned" if b == 0 else m, b))
                 cells.append(" / ".join(_with_ci(rec, c) for c in columns) if rec else "-")
-            name = m if len(models) == 1 else f"{model}: {m}"
+            name = f"{model}: {m}" if len(models) > 1 else m
+            name += f" [{engine}]" if len(engines) > 1 else ""
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ci = any(f"{c}_ci" in r for r in board.records for c in columns)
     note = " ± half the width of the bootstrap interval" if ci else ""
