@@ -80,20 +80,17 @@ def check_tasks(tasks: Sequence[str], task_manager) -> None:
         hints = []
         for t in unknown:
             close = suggest(t, known)
-            hints.append(
-                f"{t!r}: did you mean {', '.join(map(repr, close))}?"
-                if close
-                else f"{t!r}: no known task has a similar name"
-            )
+            hint = f"did you mean {', '.join(map(repr, close))}?" if close else "no similar name"
+            hints.append(f"{t!r} ({hint})")
         raise ValueError(
-            f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path); "
-            + "; ".join(hints)
+            f"tasks={unknown!r}: not known to lmms-eval (with the given --include_path; names "
+            f"are case-sensitive): {', '.join(hints)}"
         )
 
 
 def suggest(name: str, known: Iterable[str], n: int = 6) -> list[str]:
-    """Known names close to ``name``, case-insensitively: the same name in another case, close
-    spellings (difflib), names that begin with it, then names that share its stem (the part
+    """Known names close to ``name``, case-insensitively: the same name in another case, names
+    that begin with it, close spellings (difflib), then names that share its stem (the part
     before its last underscore, as in ``prune_demo_*``)."""
     import difflib
 
@@ -103,9 +100,9 @@ def suggest(name: str, known: Iterable[str], n: int = 6) -> list[str]:
     low = name.lower()
     stem = low.rsplit("_", 1)[0] + "_" if "_" in low else None
     found = list(by_lower.get(low, []))
+    found += [k for lower, ks in by_lower.items() if lower.startswith(low) for k in ks]
     for match in difflib.get_close_matches(low, list(by_lower), n, cutoff=0.6):
         found += by_lower[match]
-    found += [k for lower, ks in by_lower.items() if lower.startswith(low) for k in ks]
     if stem:
         found += [k for lower, ks in by_lower.items() if lower.startswith(stem) for k in ks]
     return list(dict.fromkeys(found))[:n]
@@ -377,12 +374,12 @@ def _cell_options(cell: Cell, common: dict) -> PruneOptions:
     )
 
 
-#: What each part of a row's settings stands for, in messages.
+#: What each part of a row's settings stands for, in messages (in the order they are named).
 SETTINGS = {
-    "options": "shared prune options",
-    "calibration": "calibration sets, limit or tokens",
     "run": "run (weights fingerprint, checkpoint files, base wrapper and its arguments, dtype)",
     "calibration_keys": "calibration data (task contents, limit, tokens)",
+    "calibration": "calibration sets, limit or tokens",
+    "options": "shared prune options",
 }
 
 
@@ -402,13 +399,15 @@ def sweep_settings(lm, common: dict) -> dict:
 
 
 def settings_difference(have: object, want: dict) -> str:
-    """Which parts of two rows' settings differ, in words."""
+    """Which parts of two rows' settings differ, in words (a run's calibration keys hold the
+    run key, so they are not named again when the run differs)."""
     if not isinstance(have, dict):
         return "settings (none recorded: an older lmms-prune)"
-    names = [
-        SETTINGS.get(k, k) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)
-    ]
-    return "; ".join(names)
+    names = dict.fromkeys([*SETTINGS, *sorted(set(have) | set(want))])
+    differ = [k for k in names if have.get(k) != want.get(k)]
+    if "run" in differ:
+        differ = [k for k in differ if k != "calibration_keys"]
+    return "; ".join(SETTINGS.get(k, k) for k in differ)
 
 
 @dataclass
@@ -433,7 +432,7 @@ class _Sweep:
         for n, r in rows:
             if r["model"] == model and r.get("settings") != self.settings:
                 raise ValueError(
-                    f"out={str(self.out)!r}: line {n} holds a row of {model!r} made with another "
+                    f"out={str(self.out)!r}: line {n} holds a row of {model!r} made with other "
                     f"{settings_difference(r.get('settings'), self.settings)}; a sweep file holds "
                     "one configuration per model: give another --out"
                 )
