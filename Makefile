@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt requirements-tasks-nodeps.txt
 	$(PY) -m pip install -q --no-deps -r requirements-tasks-nodeps.txt
 	touch $@
 
-# What lmms-eval's task code needs for the README's and the recipes' benchmarks (make install
+# What lmms-eval's task code needs for the documentation's and the recipes' benchmarks (make install
 # includes it; this adds it to a venv made otherwise, e.g. make install-tasks VENV=~/venv).
 install-tasks:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ demo: install
 		--tasks prune_demo --include_path $$($(PY) -c 'import lmms_prune_plugin as p; print(p.TASKS_DIR)') \
 		--batch_size 16 --output_path out/demo
 
-# The README's study on the demo model: layer scores, a budget sweep, leaderboard and regimes.
+# The study of docs/study.md on the demo model: layer scores, a budget sweep, leaderboard and regimes.
 study: install
 	$(OFFLINE) PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo_study.sh out/study
 
@@ -42,7 +42,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
-# The README's benchmark figures (full mode, about 10 minutes on 2 cores).
+# The figures of docs/benchmarks.md (full mode, about 10 minutes on 2 cores).
 bench: install
 	$(OFFLINE) $(PY) -m benchmarks.run
 

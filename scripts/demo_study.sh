@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's first look at the science, on the packaged demo model (CPU, offline):
+# The study of docs/study.md, on the packaged demo model (CPU, offline):
 # per-layer scores, plans and their bootstrap stability, a sweep of criteria x strategies x
 # budgets 0-8 on prune_demo (one-shot, iterative and output-aware criteria), then the
 # leaderboard with paired-bootstrap intervals, the accuracy-vs-budget plot and the regimes.

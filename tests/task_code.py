@@ -1,6 +1,6 @@
 """Which lmms-eval tasks the project tells users to run, and whether their Python hooks import.
 
-``project_task_names()`` reads the README's code blocks, every file under ``examples/recipes/``,
+``project_task_names()`` reads the code blocks of README.md and docs/*.md, every file under ``examples/recipes/``,
 the CI examples and the registered calibration sets, and returns each task name with the files
 that name it. ``check_task_code()`` resolves a name with lmms-eval's TaskManager and imports
 what the task runs at evaluation time -- the ``!function`` hooks of its YAML (and its members'
@@ -184,7 +184,7 @@ def file_tasks(path: Path) -> list[str]:
 def project_files() -> list[Path]:
     recipes = sorted(p for p in (ROOT / "examples" / "recipes").rglob("*") if p.is_file())
     ci = sorted((ROOT / "examples" / "ci").rglob("*.y*ml"))
-    return [ROOT / "README.md", *recipes, *ci]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *recipes, *ci]
 
 
 def project_task_names() -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Every lmms-eval task the README, the recipes, the CI example and the calibration sets name
+"""Every lmms-eval task README.md, docs/, the recipes, the CI example and the calibration sets name
 resolves, and its Python hooks import with the ``tasks`` extra installed -- checked offline,
 before any data set download. Run alone: ``pytest tests/test_task_code.py``.
 """

@@ -51,8 +51,8 @@ def check_engine(engine: Any) -> str:
     if engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ValueError(
             "engine='vllm' needs vLLM installed in this Python environment, and it is not; "
-            "`make test-vllm` builds such an environment (.venv-vllm, see the README's "
-            "'At scale' section), or use engine=hf"
+            "`make test-vllm` builds such an environment (.venv-vllm, see "
+            "docs/harnesses-and-engines.md, 'At scale'), or use engine=hf"
         )
     return engine
 
