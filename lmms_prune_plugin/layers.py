@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from loguru import logger
 from torch import nn
 
 from . import structure
@@ -122,7 +123,12 @@ def plan_removal(model: nn.Module, indices: Iterable[int]) -> structure.Removal:
     """Every edit that removing ``indices`` makes, checked against the same class built on the
     meta device from the edited config; nothing is changed. Raises
     :class:`~.structure.RefusedRemoval` (a ``ValueError``) naming the architecture, the fields
-    and the hook when they differ."""
+    and the hook when they differ.
+
+    The check's verdict depends only on the model class, its config, the removed layers, the
+    layer rules and the library versions: an exact one is remembered in the process and in the
+    cache folder (:func:`removal_checks_in`), so the same removal is checked once.
+    """
     decoder = find_decoder_layers(model)
     old = len(decoder.layers)
     removed = validate_removal(old, indices)
@@ -135,21 +141,52 @@ def plan_removal(model: nn.Module, indices: Iterable[int]) -> structure.Removal:
     rules = structure.get_layer_rules()
     for config in configs:
         structure.plan_config_edits(config, old, keep, rules, arch, removal)
-    reference = _reference(model, removal, removed)
     rename = _renamer(decoder.path, keep)
-    types = structure.model_types(*configs, getattr(model, "config", None))
-    modules = dict(reference.named_modules(remove_duplicate=False))
-    structure.plan_module_edits(model, modules, rename, old, keep, rules, types, arch, removal)
-    for new_idx, i in enumerate(keep):
-        for name, module in decoder.layers[i].named_modules():
-            if isinstance(getattr(module, "layer_idx", None), int) and module.layer_idx != new_idx:
-                what = f"{decoder.path}.{i}.{name}.layer_idx".replace("..", ".")
-                removal.edits.append(Edit(module, "layer_idx", new_idx, module.layer_idx, what))
+    check = _check_key(model, decoder.path, configs, removed, rules)
+    known = _known_check(check)
+    if known is not None and not _replayed(model, known, old, keep, arch, removal):
+        known = None
+    if known is None:
+        reference = _reference(model, removal, removed)
+        types = structure.model_types(*configs, getattr(model, "config", None))
+        modules = dict(reference.named_modules(remove_duplicate=False))
+        sites = structure.plan_module_edits(
+            model, modules, rename, old, keep, rules, types, arch, removal
+        )
+    _renumber_edits(decoder, keep, removal)
     kept = nn.ModuleList([decoder.layers[i] for i in keep])
     attr = decoder.path.rsplit(".", 1)[-1]
     removal.edits.append(Edit(decoder.owner, attr, kept, decoder.layers, decoder.path))
-    _verify(model, reference, rename, removed, removal)
+    if known is None:
+        _verify(model, reference, rename, removed, removal)  # raises on any difference
+        _remember_check(check, {"verdict": EXACT, "sites": sites})
     return removal
+
+
+def _replayed(model: nn.Module, known: dict, old: int, keep, arch: str, removal) -> bool:
+    """Make a remembered check's module edits again; False (reported) if its modules are not
+    this model's, so the removal is checked afresh."""
+    again = structure.Removal()
+    try:
+        structure.replay_module_edits(model, known["sites"], old, keep, arch, again)
+    except (AttributeError, TypeError) as err:
+        logger.warning(
+            f"lmms-prune: a remembered removal check names modules this model does not have "
+            f"({err}); checking the removal again"
+        )
+        return False
+    removal.edits.extend(again.edits)
+    return True
+
+
+def _renumber_edits(decoder: DecoderLayers, keep: list[int], removal: structure.Removal) -> None:
+    """Every ``layer_idx`` of the kept layers set to the layer's new position."""
+    for new_idx, i in enumerate(keep):
+        for name, module in decoder.layers[i].named_modules():
+            idx = vars(module).get("layer_idx")  # a plain attribute: no Module.__getattr__ miss
+            if isinstance(idx, int) and idx != new_idx:
+                what = f"{decoder.path}.{i}.{name}.layer_idx".replace("..", ".")
+                removal.edits.append(Edit(module, "layer_idx", new_idx, idx, what))
 
 
 def remove_decoder_layers_(model: nn.Module, indices: Iterable[int]) -> tuple[int, ...]:
@@ -180,6 +217,111 @@ def decoder_layers_removed(model: nn.Module, indices: Iterable[int]):
         yield model
     finally:
         structure.undo(removal.edits)
+
+
+# -- the verdict, remembered -------------------------------------------------------------------
+REMOVAL_CHECK_KIND = "removal-check"
+EXACT = "exact"
+_DEFAULT = "default"
+_CHECKED: dict[str, dict] = {}  # exact verdicts of this process, by key
+_STORES: list = [_DEFAULT]  # where verdicts are kept on disk: the innermost removal_checks_in
+
+
+@contextmanager
+def removal_checks_in(cache) -> Iterator[None]:
+    """Within the block, exact removal checks are kept in ``cache`` (a :class:`~.cache.Cache`)
+    or, with None, in this process only. Outside any block: the default cache folder."""
+    _STORES.append(cache)
+    try:
+        yield
+    finally:
+        _STORES.pop()
+
+
+def forget_removal_checks() -> None:
+    """Forget the verdicts this process remembers (entries on disk stay)."""
+    _CHECKED.clear()
+
+
+def _store():
+    store = _STORES[-1]
+    if store is _DEFAULT:
+        from .cache import Cache
+
+        return Cache()
+    return store
+
+
+def _config_content(config) -> object:
+    if not hasattr(config, "to_dict"):
+        return repr(config)
+    data = config.to_dict()
+    data.pop("_name_or_path", None)  # where it was loaded from: not what it builds
+    return data
+
+
+def _check_key(model: nn.Module, path: str, configs: list, removed, rules) -> str:
+    """What the check's verdict depends on: class, configs, removed layers, where the layers
+    are, the layer rules and the versions of torch, transformers and this package."""
+    import torch
+    import transformers
+
+    from .cache import key
+
+    cls = type(model)
+    return key(
+        kind=REMOVAL_CHECK_KIND,
+        cls=f"{cls.__module__}.{cls.__qualname__}",
+        path=path,
+        config=_config_content(getattr(model, "config", None)),
+        text_configs=[_config_content(c) for c in configs],
+        removed=list(removed),
+        rules=[repr(r) for r in rules],
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+    )
+
+
+def _well_formed(entry: dict) -> bool:
+    sites = entry.get("sites")
+    return (
+        entry.get("verdict") == EXACT
+        and isinstance(sites, dict)
+        and isinstance(sites.get("attributes"), dict)
+        and all(isinstance(a, dict) for a in sites["attributes"].values())
+        and isinstance(sites.get("tables"), list)
+        and all(isinstance(t, str) for t in sites["tables"])
+    )
+
+
+def _known_check(k: str) -> dict | None:
+    """A remembered exact verdict for key ``k``: from this process, else from the cache folder
+    (an entry that is not one is reported and the removal checked again)."""
+    if k in _CHECKED:
+        return _CHECKED[k]
+    store = _store()
+    entry = store.get(REMOVAL_CHECK_KIND, k) if store is not None else None
+    if entry is None:
+        return None
+    if not _well_formed(entry):
+        logger.warning(
+            f"lmms-prune: cache entry {store.path(REMOVAL_CHECK_KIND, k)} is not an exact "
+            "removal check; checking the removal again"
+        )
+        return None
+    _CHECKED[k] = entry
+    return entry
+
+
+def _remember_check(k: str, entry: dict) -> None:
+    _CHECKED[k] = entry
+    store = _store()
+    if store is None:
+        return
+    try:
+        store.put(REMOVAL_CHECK_KIND, k, entry)
+    except (OSError, TypeError, ValueError) as err:  # read-only folder, a value JSON cannot hold
+        logger.debug(f"lmms-prune: removal check not written to the cache ({err})")
 
 
 # -- verification ----------------------------------------------------------------------------

@@ -302,14 +302,17 @@ def plan_module_edits(
     types: set[str],
     arch: str,
     removal: Removal,
-) -> None:
+) -> dict[str, Any]:
     """Add to ``removal`` the module attribute and weight table edits under ``root``.
 
     ``reference``: the modules, by name, of the same class built from the edited config;
     ``rename`` maps a module name of ``root`` to its name after the removal (None: removed).
+    Returns where the edits were made (:func:`replay_module_edits` makes them again without a
+    reference): ``{"attributes": {module name: {attr: new value}}, "tables": [module names]}``.
     """
     attr_rules = [r for r in rules if r.kind == "attribute" and r.applies_to(types)]
     table_rules = [r for r in rules if r.kind == "table" and r.applies_to(types)]
+    sites: dict[str, Any] = {"attributes": {}, "tables": []}
     for name, module in root.named_modules():
         new_name = rename(name)
         if new_name is None:
@@ -321,9 +324,33 @@ def plan_module_edits(
                     old, new = getattr(module, attr), getattr(ref, attr)
                     if new != old:
                         removal.edits.append(Edit(module, attr, new, old, f"{name}.{attr}"))
+                        sites["attributes"].setdefault(name, {})[attr] = new
         last = name.rsplit(".", 1)[-1]
         if any(rule.matches(last) for rule in table_rules):
             removal.edits.extend(_table_edits(name, module, num_layers, keep, arch))
+            sites["tables"].append(name)
+    return sites
+
+
+def replay_module_edits(
+    root: nn.Module,
+    sites: dict[str, Any],
+    num_layers: int,
+    keep: Sequence[int],
+    arch: str,
+    removal: Removal,
+) -> None:
+    """The edits :func:`plan_module_edits` made at ``sites``, made again on a model of the same
+    class and config (a verified removal remembered): only those modules are visited."""
+    for name, attrs in sites["attributes"].items():
+        module = root.get_submodule(name)
+        for attr, new in attrs.items():
+            old = getattr(module, attr)
+            new = type(old)(new) if isinstance(old, tuple) and isinstance(new, list) else new
+            if new != old:
+                removal.edits.append(Edit(module, attr, new, old, f"{name}.{attr}"))
+    for name in sites["tables"]:
+        removal.edits.extend(_table_edits(name, root.get_submodule(name), num_layers, keep, arch))
 
 
 def _table_edits(name: str, module: nn.Module, num_layers: int, keep, arch) -> list[Edit]:
