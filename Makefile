@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt requirements-tasks-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,tasks]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,tasks,lm-eval]'
 	$(PY) -m pip install -q --no-deps -r requirements-tasks-nodeps.txt
 	touch $@
 

@@ -18,9 +18,18 @@ a domain of weight 0 is not measured. Ties go to the deeper layer, as in the str
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from .criteria import CriterionOptions, Measure
+from .criteria import (
+    MATH,
+    NONMATH,
+    Criterion,
+    CriterionOptions,
+    Measure,
+    Scores,
+    Stats,
+    order_scores,
+)
 
 
 def remaining_layers(num_layers: int, removed: list[int] | tuple[int, ...]) -> list[int]:
@@ -29,8 +38,13 @@ def remaining_layers(num_layers: int, removed: list[int] | tuple[int, ...]) -> l
     return [layer for layer in range(num_layers) if layer not in gone]
 
 
-def similarity_scores(measure: Measure, weights: Mapping[str, float], num_layers: int,
-                      removed: list[int], options: CriterionOptions) -> dict[int, float]:  # fmt: skip
+def similarity_scores(
+    measure: Measure,
+    weights: Mapping[str, float],
+    num_layers: int,
+    removed: list[int],
+    options: CriterionOptions,
+) -> dict[int, float]:
     """Weighted similarity of every remaining layer of the model without ``removed``."""
     left = remaining_layers(num_layers, removed)
     scores = dict.fromkeys(left, 0.0)
@@ -55,8 +69,13 @@ def _check(num_layers: int, budget: int, options: CriterionOptions) -> None:
         )
 
 
-def iterative_order(measure: Measure, weights: Mapping[str, float], num_layers: int,
-                    budget: int, options: CriterionOptions) -> tuple[int, ...]:  # fmt: skip
+def iterative_order(
+    measure: Measure,
+    weights: Mapping[str, float],
+    num_layers: int,
+    budget: int,
+    options: CriterionOptions,
+) -> tuple[int, ...]:
     """Remove the ``step`` most similar layers, re-calibrate the shortened model, repeat."""
     _check(num_layers, budget, options)
     weights = {d: w for d, w in weights.items() if w}
@@ -69,8 +88,13 @@ def iterative_order(measure: Measure, weights: Mapping[str, float], num_layers: 
     return tuple(removed)
 
 
-def functional_order(measure: Measure, weights: Mapping[str, float], num_layers: int,
-                     budget: int, options: CriterionOptions) -> tuple[int, ...]:  # fmt: skip
+def functional_order(
+    measure: Measure,
+    weights: Mapping[str, float],
+    num_layers: int,
+    budget: int,
+    options: CriterionOptions,
+) -> tuple[int, ...]:
     """Greedily remove the layer whose removal changes the answer distributions least."""
     _check(num_layers, budget, options)
     weights = {d: w for d, w in weights.items() if w}
@@ -85,9 +109,74 @@ def functional_order(measure: Measure, weights: Mapping[str, float], num_layers:
         if options.candidates:
             candidates = candidates[: options.candidates]
         damage = {
-            c: sum(w * measure(d, tuple(removed + [c]), outputs=True).divergence()
-                   for d, w in weights.items())
+            c: sum(
+                w * measure(d, tuple(removed + [c]), outputs=True).divergence()
+                for d, w in weights.items()
+            )
             for c in candidates
-        }  # fmt: skip
+        }
         removed.append(_best_first(damage, sign=-1.0)[0])
     return tuple(removed)
+
+
+# -- the greedy criteria, registered with the built-ins ----------------------------------
+def _needs_planner(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
+    raise ValueError(
+        "this criterion re-calibrates the model as it removes layers; plan it through the "
+        "planner (pruned_vlm, lmms-prune), not from fixed statistics"
+    )
+
+
+def _weights(domains: tuple[str, ...]) -> Callable[[CriterionOptions], dict[str, float]]:
+    if len(domains) == 1:
+        return lambda o: {domains[0]: 1.0}
+    return lambda o: {MATH: o.alpha, NONMATH: 1.0 - o.alpha}
+
+
+def _greedy(kind: str, domains: tuple[str, ...]):
+    weights = _weights(domains)
+
+    def adaptive(
+        measure: Measure, num_layers: int, budget: int, options: CriterionOptions
+    ) -> Scores:
+        run = iterative_order if kind == "iter" else functional_order
+        order = run(measure, weights(options), num_layers, budget, options)
+        return order_scores(order, budget, num_layers)
+
+    return adaptive
+
+
+def greedy_criteria() -> tuple[Criterion, ...]:
+    out = []
+    for suffix, domains, what in (
+        ("math", (MATH,), "s_l(math)"),
+        ("nonmath", (NONMATH,), "s_l(nonmath)"),
+        ("mixed", (MATH, NONMATH), "alpha * s_l(math) + (1 - alpha) * s_l(nonmath)"),
+    ):
+        dname = suffix if suffix != "mixed" else "both domains"
+        kl = what.replace("s_l", "KL_l")
+        out += [
+            Criterion(
+                f"iter_{suffix}",
+                _needs_planner,
+                domains,
+                f"{what} on the model without the layers removed so far; remove the top `step`, "
+                "re-calibrate, repeat",
+                f"iterative similarity ({dname})",
+                greedy=True,
+                adaptive=_greedy("iter", domains),
+                cost="ceil(budget / step) passes per domain",
+            ),
+            Criterion(
+                f"func_{suffix}",
+                _needs_planner,
+                domains,
+                f"-{kl}: KL(unpruned || without removed + l) of the next-token distribution at the "
+                "answer positions; remove the least damaging of the `candidates` most similar, repeat",
+                f"output-aware greedy ({dname})",
+                greedy=True,
+                adaptive=_greedy("func", domains),
+                cost="1 + budget x candidates passes per domain (candidates=0: all remaining layers)",
+            ),
+        ]
+    return tuple(out)

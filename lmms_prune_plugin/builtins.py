@@ -5,9 +5,10 @@ from .hookspecs import hookimpl
 
 @hookimpl
 def register_criteria(register):
+    from .adaptive import greedy_criteria
     from .criteria import BUILTIN_CRITERIA
 
-    for criterion in BUILTIN_CRITERIA:
+    for criterion in (*BUILTIN_CRITERIA, *greedy_criteria()):
         register(criterion)
 
 

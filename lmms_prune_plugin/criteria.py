@@ -212,63 +212,6 @@ def random(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
     return Scores(tuple(rng.random() for _ in range(num_layers)))
 
 
-def _needs_planner(stats: Stats, num_layers: int, options: CriterionOptions) -> Scores:
-    raise ValueError(
-        "this criterion re-calibrates the model as it removes layers; plan it through the "
-        "planner (pruned_vlm, lmms-prune), not from fixed statistics"
-    )
-
-
-def _weights(domains: tuple[str, ...]) -> Callable[[CriterionOptions], dict[str, float]]:
-    if len(domains) == 1:
-        return lambda o: {domains[0]: 1.0}
-    return lambda o: {MATH: o.alpha, NONMATH: 1.0 - o.alpha}
-
-
-def _greedy(kind: str, domains: tuple[str, ...]):
-    weights = _weights(domains)
-
-    def adaptive(
-        measure: Measure, num_layers: int, budget: int, options: CriterionOptions
-    ) -> Scores:
-        from . import adaptive as algorithms
-
-        run = algorithms.iterative_order if kind == "iter" else algorithms.functional_order
-        order = run(measure, weights(options), num_layers, budget, options)
-        return order_scores(order, budget, num_layers)
-
-    return adaptive
-
-
-def _greedy_criteria() -> tuple[Criterion, ...]:
-    out = []
-    for suffix, domains, what in (
-        ("math", (MATH,), "s_l(math)"),
-        ("nonmath", (NONMATH,), "s_l(nonmath)"),
-        ("mixed", (MATH, NONMATH), "alpha * s_l(math) + (1 - alpha) * s_l(nonmath)"),
-    ):
-        dname = suffix if suffix != "mixed" else "both domains"
-        kl = what.replace("s_l", "KL_l")
-        out += [
-            Criterion(
-                f"iter_{suffix}", _needs_planner, domains,
-                f"{what} on the model without the layers removed so far; remove the top `step`, "
-                "re-calibrate, repeat",
-                f"iterative similarity ({dname})", greedy=True,
-                adaptive=_greedy("iter", domains), cost="ceil(budget / step) passes per domain",
-            ),
-            Criterion(
-                f"func_{suffix}", _needs_planner, domains,
-                f"-{kl}: KL(unpruned || without removed + l) of the next-token distribution at the "
-                "answer positions; remove the least damaging of the `candidates` most similar, repeat",
-                f"output-aware greedy ({dname})", greedy=True,
-                adaptive=_greedy("func", domains),
-                cost="1 + budget x candidates passes per domain (candidates=0: all remaining layers)",
-            ),
-        ]  # fmt: skip
-    return tuple(out)
-
-
 BUILTIN_CRITERIA = (
     Criterion(
         "math", _domain(MATH), (MATH,), "s_l(math)", "layers that change math activations least"
@@ -312,5 +255,4 @@ BUILTIN_CRITERIA = (
     ),
     Criterion("last", last, (), "l (layer index)", "remove the tail"),
     Criterion("random", random, (), "U(0, 1) seeded by seed", "seeded random order"),
-    *_greedy_criteria(),
 )

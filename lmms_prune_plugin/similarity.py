@@ -67,12 +67,6 @@ def masked_cosine_sum(
     return (torch.nan_to_num(cos).double() * weight).sum(), torch.isfinite(cos).all()
 
 
-def masked_angular_sum(h_a: torch.Tensor, h_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Sum over weighted positions of the angular distance arccos(cos(h_a, h_b)) / pi (float64)."""
-    cos = F.cosine_similarity(h_a.float(), h_b.float(), dim=-1).clamp(-1.0, 1.0)
-    return (torch.nan_to_num(torch.arccos(cos) / torch.pi).double() * weight).sum()
-
-
 def masked_cosine_rows(
     h_in: torch.Tensor, h_out: torch.Tensor, weight: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

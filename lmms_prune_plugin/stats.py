@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 #: Token selections a block's angular distance can be read on: the last real token of each
@@ -240,15 +240,3 @@ def pool(stats: Iterable[LayerStatistics]) -> LayerStatistics:
     for s in items[1:]:
         total = total + s
     return total
-
-
-def weighted_pool(rows: Sequence[LayerStatistics], counts: Sequence[float]) -> LayerStatistics:
-    """Per-sample statistics summed with multiplicities ``counts`` (a bootstrap resample)."""
-    if not rows or len(rows) != len(counts):
-        raise ValueError(f"{len(counts)} multiplicities for {len(rows)} per-sample statistics")
-    flat = [r.flatten() for r in rows]
-    total = [
-        sum(c * row[j] for c, row in zip(counts, flat, strict=True) if c)
-        for j in range(len(flat[0]))
-    ]
-    return rows[0].unflatten(total)

@@ -11,7 +11,7 @@ from lmms_prune_plugin.plan import ModelIdentity
 from lmms_prune_plugin.planner import PruneOptions
 from lmms_prune_plugin.report import bootstrap_intervals, leaderboard, regimes_ci
 from lmms_prune_plugin.stability import bootstrap_plans, jaccard, mean_pairwise_jaccard
-from lmms_prune_plugin.stats import LayerStatistics, weighted_pool
+from lmms_prune_plugin.stats import LayerStatistics, pool
 
 DOCS = 400
 
@@ -111,7 +111,7 @@ def test_bootstrap_plans_find_the_stable_and_the_unstable_layer():
     # Layer 3 is always the most similar; layers 1 and 2 swap second place between samples.
     rows = [sample([0.1, 0.8, 0.7, 0.95])] * 5 + [sample([0.1, 0.7, 0.8, 0.95])] * 5
     model = ModelIdentity("m", "A", "qwen2_vl", 4, "model.language_model.layers")
-    total = weighted_pool(rows, [1] * 10)
+    total = pool(rows)
     assert total.cos_sum == pytest.approx(tuple(sum(r.cos_sum[i] for r in rows) for i in range(4)))
     out = bootstrap_plans(model, {"math": rows}, [PruneOptions(criterion="math", budget=2),
                                                   PruneOptions(criterion="math", budget=1)],

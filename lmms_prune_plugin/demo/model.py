@@ -22,8 +22,6 @@ from . import DEMO_MODEL_DIR, TASKS_DIR
 from .data.canvas import HEIGHT, WIDTH
 
 __all__ = ["DEMO_MODEL_DIR", "TASKS_DIR", "check_demo_model", "demo_model_args"]
-#: The lmms-eval wrapper that loads the demo checkpoint (``--model``).
-DEMO_WRAPPER = "qwen2_vl"
 REGENERATE = "python scripts/train_demo.py"
 
 _REQUIRED = (
@@ -104,9 +102,3 @@ def demo_model_args() -> dict[str, Any]:
         "min_pixels": WIDTH * HEIGHT,
         "max_pixels": WIDTH * HEIGHT,
     }
-
-
-def demo_model_args_string(path: str | Path = DEMO_MODEL_DIR) -> str:
-    """The ``--model_args`` string for the lmms-eval CLI."""
-    args = {"pretrained": str(path), **demo_model_args()}
-    return ",".join(f"{k}={v}" for k, v in args.items())

@@ -371,10 +371,10 @@ def _gemma3_processor(cfg):
 def _idefics2_processor(cfg):
     import transformers as tf
 
-    from .tiny import _IDEFICS_TEMPLATE
+    from .tiny import IDEFICS_TEMPLATE
 
     tokens = ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
-    tok = _tokenizer(cfg, tokens, _IDEFICS_TEMPLATE, unk_token="<unk>", bos_token="<s>",
+    tok = _tokenizer(cfg, tokens, IDEFICS_TEMPLATE, unk_token="<unk>", bos_token="<s>",
                      eos_token="<end_of_utterance>", pad_token="<unk>", image_token="<image>",
                      image_boundary_token="<fake_token_around_image>")  # fmt: skip
     cfg.image_token_id = tok.image_token_id
@@ -385,7 +385,7 @@ def _idefics2_processor(cfg):
         image_processor=tf.Idefics2ImageProcessor(size=size, do_image_splitting=False),
         tokenizer=tok,
         image_seq_len=cfg.perceiver_config.resampler_n_latents,
-        chat_template=_IDEFICS_TEMPLATE,
+        chat_template=IDEFICS_TEMPLATE,
     )
     return tok, processor
 
@@ -393,17 +393,17 @@ def _idefics2_processor(cfg):
 def _qwen3_5_processor(cfg):
     import transformers as tf
 
-    from .tiny import _QWEN3_TEMPLATE, _QWEN_TOKENS, _vocab_size, build_tokenizer
+    from .tiny import QWEN3_TEMPLATE, QWEN_TOKENS, build_tokenizer, tokenizer_vocab_size
 
-    tok = build_tokenizer(_QWEN_TOKENS)
-    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", _QWEN3_TEMPLATE
-    cfg.get_text_config().vocab_size = _vocab_size(tok)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_TOKENS}
+    tok = build_tokenizer(QWEN_TOKENS)
+    tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", QWEN3_TEMPLATE
+    cfg.get_text_config().vocab_size = tokenizer_vocab_size(tok)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
     cfg.image_token_id, cfg.video_token_id = ids["<|image_pad|>"], ids["<|video_pad|>"]
     cfg.vision_start_token_id = ids["<|vision_start|>"]
     cfg.vision_end_token_id = ids["<|vision_end|>"]
     classes = tf.Qwen3VLProcessor, tf.Qwen2VLImageProcessor, tf.Qwen3VLVideoProcessor
-    return tok, _grid_processor(classes, cfg, tok, _QWEN3_TEMPLATE)
+    return tok, _grid_processor(classes, cfg, tok, QWEN3_TEMPLATE)
 
 
 def _grid_processor(classes, cfg, tok, template: str):
@@ -548,7 +548,7 @@ def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
     the processor's named tokens (``image_token``, ...). The text vocabulary is sized to it."""
     import transformers as tf
 
-    from .tiny import _vocab_size, build_tokenizer
+    from .tiny import build_tokenizer, tokenizer_vocab_size
 
     roles = {
         k: named.pop(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if k in named
@@ -559,7 +559,7 @@ def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
         chat_template=template,
         **roles,
     )  # fmt: skip
-    cfg.get_text_config().vocab_size = _vocab_size(tok)
+    cfg.get_text_config().vocab_size = tokenizer_vocab_size(tok)
     return tok
 
 
@@ -621,10 +621,10 @@ def _llava_processor(cfg):
     counts as one more image token unless the strategy drops it."""
     import transformers as tf
 
-    from .tiny import _LLAVA_OV_TEMPLATE
+    from .tiny import LLAVA_OV_TEMPLATE
 
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
-    tok = _tokenizer(cfg, tokens, _LLAVA_OV_TEMPLATE, eos_token="<|im_end|>",
+    tok = _tokenizer(cfg, tokens, LLAVA_OV_TEMPLATE, eos_token="<|im_end|>",
                      pad_token="<|endoftext|>", image_token="<image>")  # fmt: skip
     cfg.image_token_id = tok.image_token_id
     side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
@@ -643,7 +643,7 @@ def _llava_processor(cfg):
         patch_size=patch,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy,
         num_additional_image_tokens=1,
-        chat_template=_LLAVA_OV_TEMPLATE,
+        chat_template=LLAVA_OV_TEMPLATE,
         image_token="<image>",
     )
     return tok, processor

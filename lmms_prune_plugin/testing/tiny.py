@@ -119,7 +119,7 @@ def build_tokenizer(
 # --------------------------------------------------------------------------- chat templates
 # ChatML as in the Qwen2-VL / Qwen2.5-VL checkpoints (default system turn, image placeholder
 # wrapped in vision start/end); string contents are accepted too.
-_QWEN_TEMPLATE = (
+QWEN_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}"
@@ -141,7 +141,7 @@ _QWEN_TEMPLATE = (
 )
 
 # Qwen3-VL: same ChatML without the default system turn, as in the Qwen3-VL checkpoints.
-_QWEN3_TEMPLATE = _QWEN_TEMPLATE.replace(
+QWEN3_TEMPLATE = QWEN_TEMPLATE.replace(
     "{% if loop.first and message['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}",
     "",
@@ -149,7 +149,7 @@ _QWEN3_TEMPLATE = _QWEN_TEMPLATE.replace(
 
 # LLaVA-OneVision, as in the llava-hf checkpoints: images, then videos, then "\n" + each text;
 # plain string contents (lmms-eval's simple llava_hf sends those) are accepted too.
-_LLAVA_OV_TEMPLATE = (
+LLAVA_OV_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
@@ -166,7 +166,7 @@ _LLAVA_OV_TEMPLATE = (
 )
 
 # Idefics3 / SmolVLM: "User:<image>question<end_of_utterance>\nAssistant:" after a bos token.
-_IDEFICS_TEMPLATE = (
+IDEFICS_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ message['role'] | capitalize }}"
     "{% if message['content'] is string %}: {{ message['content'] }}"
     "{% else %}{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
@@ -178,7 +178,7 @@ _IDEFICS_TEMPLATE = (
 
 
 # --------------------------------------------------------------------------- per-arch specs
-_QWEN_TOKENS = [
+QWEN_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -187,7 +187,7 @@ _QWEN_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-_IDEFICS_TOKENS = [
+IDEFICS_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -210,25 +210,25 @@ class _Spec:
 
 
 _SPECS: dict[str, _Spec] = {
-    "qwen2_vl": _Spec(_QWEN_TOKENS, None, "<|im_end|>", "<|endoftext|>", _QWEN_TEMPLATE),
-    "qwen2_5_vl": _Spec(_QWEN_TOKENS, None, "<|im_end|>", "<|endoftext|>", _QWEN_TEMPLATE),
-    "qwen3_vl": _Spec(_QWEN_TOKENS, None, "<|im_end|>", "<|endoftext|>", _QWEN3_TEMPLATE),
+    "qwen2_vl": _Spec(QWEN_TOKENS, None, "<|im_end|>", "<|endoftext|>", QWEN_TEMPLATE),
+    "qwen2_5_vl": _Spec(QWEN_TOKENS, None, "<|im_end|>", "<|endoftext|>", QWEN_TEMPLATE),
+    "qwen3_vl": _Spec(QWEN_TOKENS, None, "<|im_end|>", "<|endoftext|>", QWEN3_TEMPLATE),
     "llava_onevision": _Spec(
         ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
         None,
         "<|im_end|>",
         "<|endoftext|>",
-        _LLAVA_OV_TEMPLATE,
+        LLAVA_OV_TEMPLATE,
     ),
     "idefics3": _Spec(
-        ["<|begin_of_text|>", *_IDEFICS_TOKENS],
+        ["<|begin_of_text|>", *IDEFICS_TOKENS],
         "<|begin_of_text|>",
         "<end_of_utterance>",
         "<|endoftext|>",
-        _IDEFICS_TEMPLATE,
+        IDEFICS_TEMPLATE,
     ),
     "smolvlm": _Spec(
-        _IDEFICS_TOKENS, "<|im_start|>", "<end_of_utterance>", "<|im_end|>", _IDEFICS_TEMPLATE
+        IDEFICS_TOKENS, "<|im_start|>", "<end_of_utterance>", "<|im_end|>", IDEFICS_TEMPLATE
     ),
 }
 
@@ -248,7 +248,7 @@ def _tiny_tokenizer(arch: str) -> PreTrainedTokenizerFast:
     return tok
 
 
-def _vocab_size(tokenizer: PreTrainedTokenizerFast) -> int:
+def tokenizer_vocab_size(tokenizer: PreTrainedTokenizerFast) -> int:
     # Round up like real checkpoints do, so a few more added tokens would still fit.
     return -(-len(tokenizer) // 64) * 64
 
@@ -271,7 +271,7 @@ def _split_overrides(config_cls: type, overrides: dict[str, Any]) -> tuple[dict,
 def _text_kwargs(num_layers: int, hidden_size: int, tok: PreTrainedTokenizerFast) -> dict:
     heads = max(1, hidden_size // 16)  # head_dim 16
     return {
-        "vocab_size": _vocab_size(tok),
+        "vocab_size": tokenizer_vocab_size(tok),
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
         "num_hidden_layers": num_layers,
