@@ -433,19 +433,29 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path, capsys):
     assert (out / "thesis.tex").read_text() == "years of work"
 
 
-def test_an_interrupted_exports_leftovers_are_removed_and_nothing_else(calibrated, ckpt, tmp_path):
-    from lmms_prune_plugin.export import MARKER, export_pruned
+def test_an_interrupted_exports_leftovers_are_removed_only_when_provably_ours(
+    calibrated, ckpt, tmp_path
+):
+    from lmms_prune_plugin.export import MANIFEST_FORMAT, MARKER, export_pruned
 
     plan, _, _ = calibrated
     out = tmp_path / "export"
-    ours = tmp_path / ".export.abc123.tmp"
-    ours.mkdir()
-    (ours / MARKER).write_text("{}")
+    export_pruned(str(ckpt), plan, out)
+    finished = tmp_path / ".export.0123456789abcdef.tmp"  # interrupted before the move
+    shutil.copytree(out, finished)
+    started = tmp_path / ".export.fedcba9876543210.tmp"  # interrupted right after it was made
+    started.mkdir()
+    marker = {"format": MANIFEST_FORMAT, "state": "writing", "token": "fedcba9876543210"}
+    (started / MARKER).write_text(json.dumps(marker | {"files": {}}))
+    unproven = tmp_path / ".export.abc123.tmp"  # a marker, but no manifest of its content
+    unproven.mkdir()
+    (unproven / MARKER).write_text("{}")
     theirs = tmp_path / ".export.keep.tmp"
     theirs.mkdir()
     (theirs / "file").write_text("not ours")
     export_pruned(str(ckpt), plan, out)
-    assert not ours.exists() and (theirs / "file").exists()
+    assert not finished.exists() and not started.exists()
+    assert (unproven / MARKER).read_text() == "{}" and (theirs / "file").exists()
     assert PrunePlan.load(out / "plan.json") == plan
 
 
