@@ -401,8 +401,8 @@ def sweep_settings(lm, common: dict) -> dict:
 def settings_difference(have: object, want: dict) -> str:
     """Which parts of two rows' settings differ, in words (a run's calibration keys hold the
     run key, so they are not named again when the run differs)."""
-    if not isinstance(have, dict):
-        return "settings (none recorded: an older lmms-prune)"
+    if not isinstance(have, dict) or "run" not in have:
+        return "settings (an older lmms-prune, which did not record the run)"
     names = dict.fromkeys([*SETTINGS, *sorted(set(have) | set(want))])
     differ = [k for k in names if have.get(k) != want.get(k)]
     if "run" in differ:

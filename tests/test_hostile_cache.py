@@ -378,7 +378,7 @@ def _row(**change) -> dict:
         "limit": None,
         "metrics": {"t": {"exact_match,none": 0.5}},
         "scores": [0.1, 0.9, 0.2, 0.8, 0.3, 0.0],
-        "settings": {"options": {"min_gap": 2, "protect_first": 0, "protect_last": 0}},
+        "settings": {"run": "r", "options": {"min_gap": 2, "protect_first": 0, "protect_last": 0}},
     }
     return row | change
 
@@ -474,7 +474,7 @@ def test_report_refuses_a_cell_twice_and_rows_of_other_settings(tmp_path, capsys
     twice = _write(tmp_path / "twice.jsonl", [ROWS[1], ROWS[1] | {"tasks": ["u"]}])
     assert run("report", twice, "--out", tmp_path / "a") == 2
     assert "method='math+topk', budget=2, engine='hf' twice" in capsys.readouterr().err
-    other = ROWS[2] | {"settings": {"options": {"min_gap": 3}}, "removed": [1, 4]}
+    other = ROWS[2] | {"settings": {"run": "r", "options": {"min_gap": 3}}, "removed": [1, 4]}
     mixed = _write(tmp_path / "mixed.jsonl", [ROWS[1], other])
     assert run("report", mixed, "--out", tmp_path / "b") == 2
     assert "made with other shared prune options" in capsys.readouterr().err
