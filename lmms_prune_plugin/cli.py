@@ -3,34 +3,142 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CRITERIA_DEFAULT = "math,nonmath,mixed,shortgpt,angular,last,random"
 STRATEGIES_DEFAULT = "default"
+DEFAULT_BUDGET = "4"  # layers removed by export and heal without --plan, and marked by rank
+CALIB_FLAGS = ("calib_math", "calib_nonmath", "calib_limit", "include_path", "tokens", "plan_cache")
+LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
+# -- values as typed: each type names the flag, the value and what is allowed ----------------
+def _refused(flag: str, value: str, why: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(f"{flag}={value!r} is not allowed: {why}")
+
+
+def _text(flag: str, what: str) -> Callable[[str], str]:
+    """A value that is not empty: an empty one (an unset shell variable) never means none."""
+
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise _refused(flag, value, f"it is empty; give {what}")
+        return value
+
+    return parse
+
+
+def _items(flag: str, what: str) -> Callable[[str], str]:
+    """A comma list without empty items (``a,,b`` is a typo, not two items)."""
+
+    def parse(value: str) -> str:
+        if not value.strip():
+            raise _refused(flag, value, f"it is empty; give {what}")
+        if not all(item.strip() for item in value.split(",")):
+            raise _refused(flag, value, f"it has an empty item; give {what}")
+        return value
+
+    return parse
+
+
+def _budgets(value: str) -> list[int | float]:
+    """``--budgets``: layer counts (``4`` stays an int, as plans record it) or fractions."""
+    out: list[int | float] = []
+    for item in value.split(","):
+        try:
+            v = float(item)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v):
+            why = f"{item.strip()!r} is not a number; give a comma list of layer counts (4) or "
+            raise _refused("budgets", value, why + "fractions of the depth (0.25), e.g. 0,2,4")
+        out.append(int(v) if v.is_integer() else v)
+    return out
+
+
+def _count(flag: str, minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = minimum - 1
+        if n < minimum:
+            raise _refused(flag, value, f"give an integer >= {minimum}")
+        return n
+
+    return parse
+
+
+def _real(flag: str, ok: Callable[[float], bool], allowed: str) -> Callable[[str], float]:
+    """A finite number that ``ok`` accepts."""
+
+    def parse(value: str) -> float:
+        try:
+            v = float(value)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v) or not ok(v):
+            raise _refused(flag, value, f"give {allowed}")
+        return v
+
+    return parse
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",")]
+
+
+# -- logging -----------------------------------------------------------------------------------
+def _configure_logging(level: str | None) -> None:
+    """lmms-eval's and our loguru messages on stderr at INFO, or at ``--verbosity``, else at
+    ``$LOGURU_LEVEL``. lmms-eval logs DEBUG until its model registry is imported, which then
+    sets WARNING, hiding our notes; so that import comes first, then this setting."""
+    import lmms_eval.models  # noqa: F401  # replaces every loguru handler when imported
+    from loguru import logger
+
+    source, chosen = "verbosity", level
+    if chosen is None and os.environ.get("LOGURU_LEVEL"):
+        source, chosen = "LOGURU_LEVEL", os.environ["LOGURU_LEVEL"]
+    chosen = (chosen or "INFO").strip().upper()
+    if chosen not in LEVELS:
+        raise ValueError(f"{source}={chosen!r} is not allowed; give one of {', '.join(LEVELS)}")
+    logger.remove()
+    logger.add(
+        lambda message: sys.stderr.write(message),  # the stderr of the moment (tests swap it)
+        level=chosen,
+        format="{time:YYYY-MM-DD HH:mm:ss} | {level: <8} | {name}:{function}:{line} - {message}",
+    )
+
+
+# -- model_args and flags -----------------------------------------------------------------------
 def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and calibration (defaults: the packaged demo model and tasks)")
     g.add_argument(
         "--model_args",
-        default="",
+        type=_text("model_args", "key=value,... or leave the flag out"),
         help="lmms-eval style key=value,... for pruned_vlm (pretrained=, base=, device_map=, ...)",
     )
     # Defaults live in pruned_vlm; a flag given here overrides nothing silently (see _load).
-    g.add_argument("--calib_math", help="default: prune_calib_math")
-    g.add_argument("--calib_nonmath", help="default: prune_calib_nonmath")
-    g.add_argument("--calib_limit", help="samples per domain, or none (default: 64)")
-    g.add_argument("--include_path", help="extra lmms-eval task folder")
+    for flag, what in (
+        ("calib_math", "a calibration set or task, or none (default: prune_calib_math)"),
+        ("calib_nonmath", "a calibration set or task, or none (default: prune_calib_nonmath)"),
+        ("calib_limit", "samples per domain, or none (default: 64)"),
+        ("include_path", "extra lmms-eval task folder"),
+        ("plan_cache", "true (default), false, or a cache folder"),
+    ):
+        g.add_argument(f"--{flag}", type=_text(flag, what), help=what)
     g.add_argument("--tokens", choices=["all", "text", "image", "last"], help="default: all")
-    g.add_argument("--plan_cache", help="true (default), false, or a cache folder")
     g.add_argument("--force_simple", action="store_true", help="use the simple (not chat) wrapper")
 
 
-def _parse_model_args(s: str) -> dict:
+def _model_args(a) -> dict:
     from lmms_eval.utils import simple_parse_args_string
 
-    return simple_parse_args_string(s) if s else {}
+    return simple_parse_args_string(a.model_args) if a.model_args else {}
 
 
 def _add_prune_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaults) -> None:
@@ -40,23 +148,26 @@ def _add_prune_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **d
     g = p.add_argument_group("prune options (as pruned_vlm's model_args; see lmms-prune list)")
     for name in prune_option_names():
         if name not in skip:
-            g.add_argument(f"--{name}", default=defaults.get(name))
+            what = f"a value for {name} (see lmms-prune list)"
+            g.add_argument(f"--{name}", type=_text(name, what), default=defaults.get(name))
 
 
 def _prune_given(a, skip: tuple[str, ...] = ()) -> dict:
     """The prune options given as flags (or with a subcommand default)."""
     from .planner import prune_option_names
 
-    return {n: getattr(a, n) for n in prune_option_names()
-            if n not in skip and getattr(a, n, None) is not None}  # fmt: skip
+    names = [n for n in prune_option_names() if n not in skip]
+    return {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
 
 
-CALIB_FLAGS = ("calib_math", "calib_nonmath", "calib_limit", "include_path", "tokens", "plan_cache")
+def _with_default_budget(prune: dict, margs: dict) -> dict:
+    """``--budget`` unless given as a flag or in ``--model_args`` (one place wins, never both)."""
+    return prune if "budget" in prune or "budget" in margs else prune | {"budget": DEFAULT_BUDGET}
 
 
 def _pruned_vlm_args(a, **prune) -> dict:
     """``--model_args`` plus the calibration flags given; the same key twice is an error."""
-    margs = _parse_model_args(a.model_args)
+    margs = _model_args(a)
     flags = {k: getattr(a, k) for k in CALIB_FLAGS if getattr(a, k) is not None} | prune
     both = sorted(set(margs) & set(flags))
     if both:
@@ -74,34 +185,55 @@ def _load(a, **prune):
     return cls(**_pruned_vlm_args(a, **prune))
 
 
+def _refuse_model_args(margs: dict, command: str, why: dict[str, str], default: str) -> None:
+    """Keys a command sets itself: in ``--model_args`` they would be overridden or ignored.
+    ``why`` and ``default`` may name ``{key}`` and ``{value}``."""
+    from .planner import prune_option_names
+
+    for key in dict.fromkeys((*prune_option_names(), "plan", "save_plan", *why)):
+        if key in margs:
+            reason = why.get(key, default).format(key=key, value=margs[key])
+            raise ValueError(
+                f"model_args {key}={margs[key]!r} is not allowed with lmms-prune {command}: "
+                f"{reason}"
+            )
+
+
 def _out_folder(path: str) -> Path:
-    """An output folder that can be created or written, checked before any work."""
-    from .args import check_writable
+    """An output folder that can be created and written, checked before any work."""
+    from .export import check_out_folder
 
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out={path!r} is not allowed: it is a file; give a folder")
-    return check_writable("out", out)
+    return check_out_folder("out", Path(path))
 
 
-def _csv(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+def _load_plan(path: str):
+    """``--plan``: a plan file, read by :meth:`PrunePlan.load` (which bounds what it reads)."""
+    from .plan import PrunePlan
 
-
-def _budget(x: str) -> int | float:
-    """A budget as typed: ``4`` stays an int (plans record it as given), ``0.25`` a fraction."""
+    if Path(path).is_dir():
+        raise ValueError(
+            f"plan={path!r} is not allowed: it is a folder; give a plan file (lmms-prune rank "
+            "writes them to <out>/plans/)"
+        )
     try:
-        v = float(x)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"budget={x!r} is not a number") from err
-    return int(v) if v.is_integer() else v
-
-
-def _budgets(s: str) -> list[int | float]:
-    return [_budget(x) for x in _csv(s)]
+        return PrunePlan.load(path)
+    except OSError as err:  # no permission, a device that cannot be read
+        raise ValueError(
+            f"plan={path!r} could not be read ({err.strerror or err}); give a readable plan file"
+        ) from err
 
 
 # -- rank -----------------------------------------------------------------------------------
+RANK_OWN = {
+    "budget": "rank calibrates the unpruned model and marks the layers each criterion removes "
+    "at --budget (default 4); give --budget {value} instead",
+    "criterion": "rank ranks every criterion in --criteria; give --criteria {value} instead",
+    "plan": "rank calibrates and writes plans; apply a plan with lmms-prune export --plan",
+    "save_plan": "rank writes every criterion's plan to <out>/plans/",
+    "engine": "rank measures the transformers model; vLLM serves evaluations (sweep --engine)",
+}
+
+
 def _rank_criteria(spec: str | None) -> list[str]:
     """``--criteria``: default every criterion scored from one calibration pass; ``all`` adds
     the greedy (re-calibrating) ones; or a comma list."""
@@ -119,36 +251,45 @@ def _rank_criteria(spec: str | None) -> list[str]:
 
 
 def cmd_rank(a) -> int:
-    from .criteria import ranks
     from .planner import PruneOptions
-    from .plots import layer_profiles
     from .strategies import resolve_budget
 
-    out = _out_folder(a.out)
+    default = "rank loads the unpruned model and plans from its flags; give --{key} {value} instead"
+    _refuse_model_args(_model_args(a), "rank", RANK_OWN, default)
     names = _rank_criteria(a.criteria)
     if a.bootstrap and a.bootstrap < 2:
         raise ValueError(f"bootstrap={a.bootstrap!r} is not allowed; give 0 (off) or at least 2")
     given = _prune_given(a, skip=("criterion", "budget"))
-    PruneOptions.parse(**given)  # bad values fail before the model is loaded
+    PruneOptions.parse(**given, budget=a.budget)  # bad values fail before the model is loaded
+    out = _out_folder(a.out)
     lm = _load(a, budget=0)
-    planner, n = lm.planner, lm.identity.num_layers
-    k = resolve_budget(PruneOptions.parse(budget=a.budget).budget, n)
+    k = resolve_budget(PruneOptions.parse(budget=a.budget).budget, lm.identity.num_layers)
     options = {}
     for name in names:
         opts = PruneOptions.parse(**given, criterion=name, budget=k)
         try:
-            planner.check(opts)
+            lm.planner.check(opts)
         except ValueError as err:  # e.g. a criterion reading a domain that is not calibrated
             print(f"skipped {name}: {err}", file=sys.stderr)
             continue
         options[name] = opts
-    plans = dict(zip(options, planner.plans(list(options.values())), strict=True))
-    sims = {d: s.similarity() for d, s in planner.statistics().items()}
-    rank_cols = {
-        name: [int(n - x) for x in ranks(p.scores)] for name, p in plans.items()
-    }  # 1 = first
+    plans = dict(zip(options, lm.planner.plans(list(options.values())), strict=True))
     for name, plan in plans.items():
         plan.save(out / "plans" / f"{name}.json")
+    _rank_table(lm, plans, k, out)
+    if a.bootstrap:
+        _rank_bootstrap(a, lm, options, k, out)
+    return 0
+
+
+def _rank_table(lm, plans: dict, k: int, out: Path) -> None:
+    """Per layer: each domain's similarity and each criterion's rank (1 = removed first)."""
+    from .criteria import ranks
+    from .plots import layer_profiles
+
+    n = lm.identity.num_layers
+    sims = {d: s.similarity() for d, s in lm.planner.statistics().items()}
+    rank_cols = {name: [int(n - x) for x in ranks(p.scores)] for name, p in plans.items()}
     head = ["layer", *[f"s_{d}" for d in sims], *rank_cols]
     rows = []
     for layer in range(n):
@@ -162,179 +303,391 @@ def cmd_rank(a) -> int:
     print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
     for r in rows:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
-    png = layer_profiles(sims, {n: p.removed for n, p in plans.items()}, out / "layer_scores.png",
-                         f"{Path(lm.pretrained).name}: per-layer similarity; marks = removed at budget {k}")  # fmt: skip
+    title = f"{Path(lm.pretrained).name}: per-layer similarity; marks = removed at budget {k}"
+    removed = {name: p.removed for name, p in plans.items()}
+    png = layer_profiles(sims, removed, out / "layer_scores.png", title)
+    forwards = lm.planner.forwards
     print(
-        f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {planner.forwards}"
+        f"wrote {len(plans)} plans to {out / 'plans'} and {png}; calibration forwards: {forwards}"
     )
-    if a.bootstrap:
-        _rank_bootstrap(a, lm, {c: o for c, o in options.items()}, k, out)
-    return 0
 
 
 def _rank_bootstrap(a, lm, options: dict, k: int, out: Path) -> None:
     import json
 
     from .planner import PruneOptions
-    from .plots import plan_stability
     from .plugins import get_criterion
     from .stability import bootstrap_plans
 
-    planner = lm.planner
-    chosen = {c: o for c, o in options.items()
-              if get_criterion(c).adaptive is None and get_criterion(c).domains}  # fmt: skip
+    chosen = {
+        c: o
+        for c, o in options.items()
+        if get_criterion(c).adaptive is None and get_criterion(c).domains
+    }
     skipped = sorted(set(options) - set(chosen))
     if skipped:
-        print(f"bootstrap skips {', '.join(skipped)}: no calibration scores, or greedy "
-              "(it would re-run its passes per resample)", file=sys.stderr)  # fmt: skip
+        print(
+            f"bootstrap skips {', '.join(skipped)}: no calibration scores, or greedy "
+            "(it would re-run its passes per resample)",
+            file=sys.stderr,
+        )
     if not chosen:
         return
     n = lm.identity.num_layers
     blocks = tuple(sorted({b for o in chosen.values() for b in o.block_sizes(n)}))
-    samples = planner.sample_statistics(block_sizes=blocks)
+    samples = lm.planner.sample_statistics(block_sizes=blocks)
     seed = PruneOptions.parse(seed=a.seed if a.seed is not None else 0).seed
     found = bootstrap_plans(lm.identity, samples, list(chosen.values()), a.bootstrap, seed)
     sizes = ", ".join(f"{len(v)} {d}" for d, v in samples.items())
-    print(f"\nplan stability at budget {k}: {a.bootstrap} bootstrap resamples of the calibration "
-          f"samples ({sizes}); J = mean Jaccard agreement of removed sets")  # fmt: skip
+    print(
+        f"\nplan stability at budget {k}: {a.bootstrap} bootstrap resamples of the calibration "
+        f"samples ({sizes}); J = mean Jaccard agreement of removed sets"
+    )
+    _print_stability(found, n, k)
+    (out / "stability.json").write_text(json.dumps([s.to_dict() for s in found], indent=2) + "\n")
+    _stability_plot(lm, found, out, k, a.bootstrap)
+
+
+def _print_stability(found: list, n: int, k: int) -> None:
     print(f"{'criterion':<12} {'J pairs':>7} {'J plan':>7}  plan  most often removed (share)")
     for st in found:
         top = sorted(range(n), key=lambda i: -st.frequency[i])[: max(k + 2, 1)]
         often = " ".join(f"{i}({st.frequency[i]:.2f})" for i in top if st.frequency[i] > 0)
         plan = ",".join(map(str, st.plan))
         print(f"{st.criterion:<12} {st.jaccard:>7.3f} {st.jaccard_to_plan:>7.3f}  {plan}  {often}")
-    (out / "stability.json").write_text(json.dumps([s.to_dict() for s in found], indent=2) + "\n")
+
+
+def _stability_plot(lm, found: list, out: Path, k: int, resamples: int) -> None:
+    from .plots import plan_stability
+
     png = plan_stability(
-        {s.criterion: s.frequency for s in found}, {s.criterion: s.jaccard for s in found},
+        {s.criterion: s.frequency for s in found},
+        {s.criterion: s.jaccard for s in found},
         out / "plan_stability.png",
-        f"{Path(lm.pretrained).name}: layers removed at budget {k} over {a.bootstrap} resamples",
-    )  # fmt: skip
+        f"{Path(lm.pretrained).name}: layers removed at budget {k} over {resamples} resamples",
+    )
     print(f"wrote {out / 'stability.json'} and {png}")
 
 
 # -- export ---------------------------------------------------------------------------------
+EXPORT_USES = ("pretrained", "revision", "trust_remote_code", "plan_strict")  # with a plan file
+
+
+def _plan_source(a, margs: dict) -> str | None:
+    """The plan file, from ``--plan`` or ``--model_args plan=``; both at once is an error."""
+    from .args import optional
+
+    if a.plan is not None and "plan" in margs:
+        raise ValueError(
+            f"plan is given both as --plan ({a.plan!r}) and in --model_args "
+            f"(plan={margs['plan']!r}); give it once"
+        )
+    if "plan" in margs and optional(margs["plan"]) is None:
+        raise ValueError(
+            f"model_args plan={margs['plan']!r} is not allowed: it names no file; give a plan "
+            "file, or leave plan= out to plan from the prune options"
+        )
+    return a.plan if a.plan is not None else margs.get("plan")
+
+
+def _refuse_planning_with_plan(a, margs: dict, command: str) -> None:
+    """With a plan file nothing is planned: prune options (flags or model_args) contradict it."""
+    from .planner import prune_option_names
+
+    flags = [n for n in (*prune_option_names(), *CALIB_FLAGS) if getattr(a, n, None) is not None]
+    if command == "heal":  # heal calibrates nothing either, but finds its data tasks there
+        flags = [n for n in flags if n not in CALIB_FLAGS]
+    elif a.force_simple:
+        flags.append("force_simple")
+    if flags:
+        value = getattr(a, flags[0])
+        raise ValueError(
+            f"--{flags[0]}={value!r} is not allowed with a plan file: {command} applies the plan "
+            f"as it is, nothing is planned or calibrated; give one of --plan or --{flags[0]}"
+        )
+    keys = [k for k in (*prune_option_names(), "save_plan", *CALIB_FLAGS) if k in margs]
+    if keys and not (command == "heal" and keys[0] in CALIB_FLAGS):
+        raise ValueError(
+            f"model_args {keys[0]}={margs[keys[0]]!r} is not allowed with a plan file: {command} "
+            "applies the plan as it is, nothing is planned or calibrated; remove it"
+        )
+
+
+def _export_from_plan(a, margs: dict, plan_path: str):
+    """The plan file and the checkpoint it is applied to (model_args pretrained=, else the one
+    the plan names); model_args the export does not read are named, not dropped in silence."""
+    from loguru import logger
+
+    _refuse_planning_with_plan(a, margs, "export")
+    plan = _load_plan(plan_path)
+    unused = sorted(set(margs) - {*EXPORT_USES, "plan"})
+    if unused:
+        logger.info(
+            f"lmms-prune export --plan does not use model_args {', '.join(unused)}: it loads "
+            "the checkpoint with transformers alone (no lmms-eval wrapper), on the CPU"
+        )
+    if margs.get("pretrained"):
+        return plan, str(margs["pretrained"])
+    print(f"export: pretrained={plan.model.name_or_path!r}, the plan's model", file=sys.stderr)
+    return plan, plan.model.name_or_path
+
+
 def cmd_export(a) -> int:
     import gc
 
     from .args import parse_bool
     from .export import check_target, export_pruned
-    from .plan import PrunePlan
 
-    margs = _parse_model_args(a.model_args)
+    margs = _model_args(a)
+    plan_path = _plan_source(a, margs)
     trust = parse_bool("trust_remote_code", margs.get("trust_remote_code", False))
     strict = parse_bool("plan_strict", margs.get("plan_strict", True))
-    check_target(Path(a.out), None, a.force)  # before any loading; the plan is compared later
-    if a.plan:
-        plan = PrunePlan.load(a.plan)
-        pretrained = margs.get("pretrained") or plan.model.name_or_path
+    out = Path(a.out)
+    check_target(out, None, a.force)  # before any loading; the plan is compared later
+    if plan_path is not None:
+        plan, pretrained = _export_from_plan(a, margs, plan_path)
+        check_target(out, plan, a.force)
     else:
-        lm = _load(a, **_prune_given(a))
+        lm = _load(a, **_with_default_budget(_prune_given(a), margs))
         plan, pretrained = lm.plan, lm.pretrained
         del lm
         gc.collect()
-    path = export_pruned(str(pretrained), plan, a.out, force=a.force, revision=margs.get("revision"),
-                         trust_remote_code=trust, strict=strict)  # fmt: skip
+    path = export_pruned(
+        str(pretrained),
+        plan,
+        out,
+        force=a.force,
+        revision=margs.get("revision"),
+        trust_remote_code=trust,
+        strict=strict,
+    )
     print(f"exported {pretrained} without layers {list(plan.removed)} to {path}")
     return 0
 
 
 # -- heal -----------------------------------------------------------------------------------
+HEAL_FLAGS = {  # flag -> HealOptions field; defaults are HealOptions' own
+    "objective": "objective",
+    "data": "data",
+    "data_limit": "limit",
+    "rank": "rank",
+    "lora_alpha": "alpha",
+    "target_modules": "target_modules",
+    "lr": "lr",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "heal_seed": "seed",
+    "continuation_tokens": "continuation_tokens",
+}
+HEAL_OWN = {
+    "plan": "give --plan {value} instead",
+    "save_plan": "the healed export holds its plan.json",
+    "engine": "healing trains the transformers model",
+}
+
+
 def _heal_args(p: argparse.ArgumentParser) -> None:
-    from .heal import DEFAULT_DATA, DEFAULT_TARGETS, HealOptions
+    from .heal import HealOptions
 
     d = HealOptions()
     g = p.add_argument_group("healing (LoRA on the kept layers; see README 'Healing')")
     g.add_argument(
         "--objective",
-        default=d.objective,
+        choices=["distill", "sft"],
         help="distill (default: KL to the unpruned model) or sft (task targets)",
     )
     g.add_argument(
-        "--data", default=",".join(DEFAULT_DATA), help="lmms-eval task(s) to train on, comma list"
-    )
-    g.add_argument("--data_limit", default=str(d.limit), help="samples per data task, or none")
-    g.add_argument("--rank", type=int, default=d.rank, help="LoRA rank")
-    g.add_argument(
-        "--lora_alpha", type=float, default=d.alpha, help="LoRA alpha (scale = alpha / rank)"
+        "--data",
+        type=_items("data", "lmms-eval task names"),
+        help=f"lmms-eval task(s) to train on, comma list (default: {','.join(d.data)})",
     )
     g.add_argument(
-        "--target_modules", default=",".join(DEFAULT_TARGETS), help="linear modules to adapt"
+        "--data_limit",
+        type=_text("data_limit", "a count or none"),
+        help=f"samples per data task, or none (default: {d.limit})",
     )
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--rank", type=int, help=f"LoRA rank (default: {d.rank})")
     g.add_argument(
-        "--batch_size", type=int, default=d.batch_size, help="samples per step and process"
+        "--lora_alpha", type=float, help=f"LoRA alpha, scale = alpha / rank (default: {d.alpha})"
     )
-    g.add_argument("--heal_seed", type=int, default=d.seed, help="adapter init and data order")
-    g.add_argument("--continuation_tokens", type=int, default=d.continuation_tokens,
-                   help="teacher tokens distilled after each prompt")  # fmt: skip
+    g.add_argument(
+        "--target_modules",
+        type=_items("target_modules", "linear module names"),
+        help=f"linear modules to adapt (default: {','.join(d.target_modules)})",
+    )
+    g.add_argument("--lr", type=float, help=f"default: {d.lr}")
+    g.add_argument("--steps", type=int, help=f"default: {d.steps}")
+    g.add_argument("--batch_size", type=int, help=f"samples per step and process ({d.batch_size})")
+    g.add_argument("--heal_seed", type=int, help=f"adapter init and data order ({d.seed})")
+    g.add_argument(
+        "--continuation_tokens",
+        type=int,
+        help=f"teacher tokens distilled after each prompt ({d.continuation_tokens})",
+    )
+
+
+def _heal_given(a) -> dict:
+    return {flag: getattr(a, flag) for flag in HEAL_FLAGS if getattr(a, flag) is not None}
 
 
 def _heal_options(a):
     from .args import parse_int
     from .heal import HealOptions
 
-    return HealOptions(
-        objective=a.objective, data=tuple(_csv(a.data)), rank=a.rank, alpha=a.lora_alpha,
-        limit=parse_int("data_limit", a.data_limit, minimum=1, allow_none=True),
-        target_modules=tuple(_csv(a.target_modules)), lr=a.lr, steps=a.steps,
-        batch_size=a.batch_size, seed=a.heal_seed, continuation_tokens=a.continuation_tokens,
-    )  # fmt: skip
+    kwargs = {HEAL_FLAGS[flag]: value for flag, value in _heal_given(a).items()}
+    for name in ("data", "target_modules"):
+        if name in kwargs:
+            kwargs[name] = tuple(_csv(kwargs[name]))
+    if "limit" in kwargs:
+        kwargs["limit"] = parse_int("data_limit", kwargs["limit"], minimum=1, allow_none=True)
+    return HealOptions(**kwargs)
+
+
+def _check_data_tasks(tasks: Sequence[str], paths: Sequence[str]) -> None:
+    """Each ``--data`` task is known to lmms-eval and says what its answers are, before any model
+    is loaded: lmms-eval cannot build a task without ``doc_to_target``, and its failure would
+    read like a dataset that could not be downloaded."""
+    from lmms_eval.utils import load_yaml_config
+
+    from .args import closest
+    from .heal import task_manager_for
+    from .requests import resolve_task_name
+
+    tm = task_manager_for(tasks, paths)
+    for name in tasks:
+        task = resolve_task_name(name)
+        if task not in tm.all_tasks:
+            raise ValueError(
+                f"data={name!r}: lmms-eval knows no task {task!r}{closest(task, tm.all_tasks)}; "
+                "give an lmms-eval task, with --include_path for a task folder of your own"
+            )
+        entry = tm.task_index.get(task, {})
+        if entry.get("type") != "task":  # a group or a Python task: checked when it is built
+            continue
+        if load_yaml_config(entry["yaml_path"], mode="full").get("doc_to_target") is None:
+            raise ValueError(
+                f"data={name!r}: task {task!r} has no doc_to_target ({entry['yaml_path']}); "
+                "lmms-eval cannot build a task without one, and --objective sft trains on its "
+                "answers: add doc_to_target to the task, or train on another"
+            )
+
+
+def _heal_checks(a, margs: dict, opts) -> None:
+    """Everything about ``heal`` that can fail without a model."""
+    from .calibration import CalibrationConfig
+    from .export import check_target
+    from .heal import text_hidden_size
+    from .models.base import read_config
+    from .planner import PruneOptions
+
+    default = "heal loads the unpruned model (its own teacher); give --{key} {value} instead"
+    _refuse_model_args(margs, "heal", HEAL_OWN, default)
+    if a.plan is not None:
+        _refuse_planning_with_plan(a, margs, "heal")
+    PruneOptions.parse(**_with_default_budget(_prune_given(a), {}))
+    out = Path(a.out)
+    if out.is_symlink() or out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not a.force:
+            raise ValueError(
+                f"out={a.out!r} already exists; give a new folder (or --force to replace an "
+                "export of lmms-prune)"
+            )
+    check_target(out, None, a.force)
+    args = _pruned_vlm_args(a)
+    config = CalibrationConfig.parse(**{k: args[k] for k in CALIB_FLAGS if k in args})
+    _check_data_tasks(opts.data, config.task_paths)
+    if margs.get("pretrained") and Path(str(margs["pretrained"])).is_dir():  # before loading it
+        opts.check_hidden_size(text_hidden_size(read_config(str(margs["pretrained"]))))
 
 
 def cmd_heal(a) -> int:
     from .args import parse_bool
-    from .export import check_target
-    from .heal import heal_and_export, text_hidden_size
-    from .models.base import read_config
-    from .plan import PrunePlan
+    from .heal import heal_and_export
     from .planner import PruneOptions
 
+    margs = _model_args(a)
     opts = _heal_options(a)
-    PruneOptions.parse(**_prune_given(a))  # bad values fail before the model is loaded
-    out = Path(a.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not a.force:
-        raise ValueError(
-            f"out={a.out!r} already exists; give a new folder (or --force to replace an export of lmms-prune)"
-        )
-    check_target(out, None, a.force)
-    margs = _parse_model_args(a.model_args)
+    _heal_checks(a, margs, opts)
     trust = parse_bool("trust_remote_code", margs.get("trust_remote_code", False))
     strict = parse_bool("plan_strict", margs.get("plan_strict", True))
-    if margs.get("pretrained") and Path(str(margs["pretrained"])).is_dir():  # before loading it
-        opts.check_hidden_size(text_hidden_size(read_config(str(margs["pretrained"]))))
-    plan = PrunePlan.load(a.plan) if a.plan else None
+    plan = _load_plan(a.plan) if a.plan is not None else None
     lm = _load(a, budget=0)  # unpruned: the model is its own teacher
     if plan is None:
-        plan = lm.planner.plan(PruneOptions.parse(**_prune_given(a)))
-    path, result = heal_and_export(lm, plan, opts, out, a.force, strict, trust)
+        plan = lm.planner.plan(PruneOptions.parse(**_with_default_budget(_prune_given(a), {})))
+    path, result = heal_and_export(lm, plan, opts, Path(a.out), a.force, strict, trust)
     if path is not None:
         s = result.summary()
-        print(f"healed {lm.pretrained} without layers {list(plan.removed)}: loss {s['loss_first']:.4f} -> "
-              f"{s['loss_last']:.4f} in {s['seconds']:.0f} s; exported to {path}")  # fmt: skip
+        print(
+            f"healed {lm.pretrained} without layers {list(plan.removed)}: loss "
+            f"{s['loss_first']:.4f} -> {s['loss_last']:.4f} in {s['seconds']:.0f} s; "
+            f"exported to {path}"
+        )
     return 0
 
 
 # -- sweep ----------------------------------------------------------------------------------
-def cmd_sweep(a) -> int:
+SWEEP_OWN = {
+    "criterion": "sweep sets it per cell; give --criteria {value} instead",
+    "strategy": "sweep sets it per cell; give --strategies {value} instead",
+    "budget": "sweep sets it per cell; give --budgets {value} instead",
+    "plan": "sweep plans every cell itself; evaluate a plan file with lmms-eval --model "
+    "pruned_vlm --model_args plan={value}",
+    "save_plan": "each cell's removed layers are in its sweep row",
+    "engine": "give --engine {value} instead",
+}
+
+
+def _sweep_out(path: str) -> Path:
+    """The JSONL file: its rows well formed (a resumed sweep) and its folder writable."""
+    from .export import probe_writable
+    from .sweep import check_out
+
+    out = Path(path)
+    check_out(out)  # a folder, an unwritable place, or malformed rows
+    probe_writable("out", out, out.absolute().parent)
+    return out
+
+
+def _sweep_checks(a, tasks: list[str]):
+    """Everything about ``sweep`` that can fail without a model; returns the task manager."""
     from lmms_eval.tasks import TaskManager
 
     from .calibration import CalibrationConfig
     from .planner import PruneOptions
-    from .sweep import SWEPT, check_out, check_tasks, plan_cells, run_sweep
+    from .sweep import SWEPT, check_tasks
 
-    check_out(Path(a.out))  # before loading anything: a folder, unwritable, or malformed rows
-    tasks = _csv(a.tasks)
+    default = "sweep loads the unpruned model and plans every cell; give --{key} {value} instead"
+    _refuse_model_args(_model_args(a), "sweep", SWEEP_OWN, default)
+    if not a.heal and _heal_given(a):
+        flag = next(iter(_heal_given(a)))
+        raise ValueError(
+            f"--{flag}={getattr(a, flag)!r} is not allowed without --heal: nothing is healed; "
+            "add --heal or remove it"
+        )
+    if a.heal and a.engine != "hf":
+        raise ValueError(
+            f"--engine={a.engine!r} is not allowed with --heal: healing trains the transformers "
+            "model; use --engine hf"
+        )
+    _sweep_out(a.out)
     args = _pruned_vlm_args(a)
     config = CalibrationConfig.parse(**{k: args[k] for k in CALIB_FLAGS if k in args})
     tm = TaskManager(include_path=config.task_paths)
     check_tasks(tasks, tm)
-    strategies = [None if s == "default" else s for s in _csv(a.strategies)]
-    cells = plan_cells(_csv(a.criteria), strategies, _budgets(a.budgets))
-    common = _prune_given(a, skip=SWEPT)
-    PruneOptions.parse(**common)  # bad values fail before the model is loaded
-    from .models.engine import deferred
+    PruneOptions.parse(**_prune_given(a, skip=SWEPT))  # bad values fail before the model loads
+    if a.heal:
+        _check_data_tasks(_heal_options(a).data, config.task_paths)
+    return tm
 
+
+def cmd_sweep(a) -> int:
+    from .models.engine import deferred
+    from .sweep import SWEPT, plan_cells, run_sweep
+
+    tasks = _csv(a.tasks)
+    tm = _sweep_checks(a, tasks)
+    strategies = [None if s == "default" else s for s in _csv(a.strategies)]
+    cells = plan_cells(_csv(a.criteria), strategies, a.budgets)
     with deferred():  # engine=vllm: plans come from the HF model, each cell's vLLM comes later
         lm = _load(a, budget=0, engine=a.engine)
     summary = run_sweep(
@@ -344,12 +697,14 @@ def cmd_sweep(a) -> int:
         tm,
         a.out,
         limit=a.limit,
-        options=common,
+        options=_prune_given(a, skip=SWEPT),
         engine=a.engine,
         heal=_heal_options(a) if a.heal else None,
     )
-    print(f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in {a.out}; "
-          f"calibration forwards: {summary.calibration_forwards}")  # fmt: skip
+    print(
+        f"sweep: {summary.cells} cells, {summary.ran} evaluated, {summary.skipped} already in "
+        f"{a.out}; calibration forwards: {summary.calibration_forwards}"
+    )
     return 0
 
 
@@ -360,8 +715,10 @@ def cmd_list(a) -> int:
     print("criteria (higher score = removed first):")
     for c in get_criteria().values():
         domains = ", ".join(c.domains) if c.domains else "none"
-        print(f"  {c.name:<12} {c.formula}  [domains: {domains}; default strategy: "
-              f"{c.default_strategy}; cost: {c.cost}]  {c.description}")  # fmt: skip
+        print(
+            f"  {c.name:<12} {c.formula}  [domains: {domains}; default strategy: "
+            f"{c.default_strategy}; cost: {c.cost}]  {c.description}"
+        )
     print("strategies:")
     for s in get_strategies().values():
         traits = [
@@ -378,18 +735,31 @@ def cmd_list(a) -> int:
 
 
 # -- report ---------------------------------------------------------------------------------
+REPORT_FILES = (
+    "leaderboard.md",
+    "leaderboard.csv",
+    "leaderboard.json",
+    "by_budget.md",
+    "accuracy_vs_budget.png",
+)
+
+
+def _report_regimes(a, board):
+    from .report import regimes, regimes_ci
+
+    if board.has_docs:
+        return regimes_ci(board, a.bootstrap, a.confidence, a.seed, a.family)
+    print(
+        "report: the sweep rows hold no per-document results, so no intervals; regimes by "
+        f"the spread rule (converge={a.converge} points)",
+        file=sys.stderr,
+    )
+    return regimes(board, converge=a.converge)
+
+
 def cmd_report(a) -> int:
     from .plots import accuracy_vs_budget
-    from .report import (
-        by_budget,
-        check_rows,
-        leaderboard,
-        regimes,
-        regimes_ci,
-        to_csv,
-        to_json,
-        to_markdown,
-    )
+    from .report import by_budget, check_rows, leaderboard, to_csv, to_json, to_markdown
     from .sweep import read_rows
 
     rows = []
@@ -400,19 +770,9 @@ def cmd_report(a) -> int:
         rows += read_rows(path)
     check_rows(rows, a.allow_mixed)
     board = leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
-    if board.has_docs:
-        per = regimes_ci(board, a.bootstrap, a.confidence, a.seed, a.family)
-    else:
-        print(
-            "report: the sweep rows hold no per-document results, so no intervals; regimes by "
-            f"the spread rule (converge={a.converge} points)",
-            file=sys.stderr,
-        )
-        per = regimes(board, converge=a.converge)
+    per = _report_regimes(a, board)
     out = _out_folder(a.out)
-    names = ["leaderboard.md", "leaderboard.csv", "leaderboard.json", "by_budget.md",
-             "accuracy_vs_budget.png"]  # fmt: skip
-    existing = [n for n in names if (out / n).exists()]
+    existing = [n for n in REPORT_FILES if (out / n).exists()]
     if existing and not a.force:
         raise ValueError(
             f"out={str(out)!r} already holds {', '.join(existing)}; pass --force to overwrite"
@@ -432,22 +792,35 @@ def cmd_report(a) -> int:
         board.records, groups, out / "accuracy_vs_budget.png", "accuracy against layers removed"
     )
     print(md)
-    print(f"wrote {', '.join(names)} to {out}")
+    print(f"wrote {', '.join(REPORT_FILES)} to {out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmms-prune", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+# -- the parser: one function per subcommand ----------------------------------------------------
+def _common() -> argparse.ArgumentParser:
+    """Flags every subcommand takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--verbosity",
+        type=str.upper,
+        choices=LEVELS,
+        help="log level of lmms-eval's and lmms-prune's messages (default: $LOGURU_LEVEL, else "
+        "INFO)",
+    )
+    return p
 
+
+def _rank_parser(sub, common) -> None:
     r = sub.add_parser(
-        "rank", help="calibrate once; per-layer similarities and each criterion's ranking"
+        "rank",
+        parents=[common],
+        help="calibrate once; per-layer similarities and each criterion's ranking",
     )
     _model_options(r)
-    _add_prune_flags(r, skip=("criterion",), budget="4")
+    _add_prune_flags(r, skip=("criterion",), budget=DEFAULT_BUDGET)
     r.add_argument(
         "--criteria",
-        default=None,
+        type=_items("criteria", "criterion names (lmms-prune list), or all"),
         help="comma list, or 'all' (default: every criterion scored from one calibration pass; "
         "'all' adds the greedy iter_* and func_* ones, which re-calibrate)",
     )
@@ -457,32 +830,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="resample the calibration samples N times; report how often each layer is removed",
     )
-    r.add_argument("--out", default="out/rank")
+    r.add_argument("--out", type=_text("out", "a folder"), default="out/rank")
     r.set_defaults(fn=cmd_rank)
 
-    e = sub.add_parser("export", help="write a pruned checkpoint that plain transformers loads")
+
+def _export_parser(sub, common) -> None:
+    e = sub.add_parser(
+        "export", parents=[common], help="write a pruned checkpoint that plain transformers loads"
+    )
     _model_options(e)
-    _add_prune_flags(e, budget="4")
-    e.add_argument("--plan", default=None, help="apply this plan file instead of calibrating")
-    e.add_argument("--out", required=True)
-    e.add_argument("--force", action="store_true", help="replace a different export in --out")
+    _add_prune_flags(e)
+    e.add_argument(
+        "--plan",
+        type=_text("plan", "a plan file (lmms-prune rank writes them)"),
+        help="apply this plan file instead of planning (no prune or calibration flags with it)",
+    )
+    e.add_argument("--out", type=_text("out", "a folder"), required=True)
+    e.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a different export in --out (only while it holds exactly what "
+        "lmms-prune wrote there)",
+    )
     e.set_defaults(fn=cmd_export)
 
+
+def _sweep_parser(sub, common) -> None:
     s = sub.add_parser(
-        "sweep", help="criteria x strategies x budgets through lmms-eval's evaluator"
+        "sweep",
+        parents=[common],
+        help="criteria x strategies x budgets through lmms-eval's evaluator",
     )
     _model_options(s)
-    s.add_argument("--criteria", default=CRITERIA_DEFAULT)
+    s.add_argument(
+        "--criteria", type=_items("criteria", "criterion names"), default=CRITERIA_DEFAULT
+    )
     s.add_argument(
         "--strategies",
+        type=_items("strategies", "strategy names or default"),
         default=STRATEGIES_DEFAULT,
         help="comma list; 'default' = each criterion's own",
     )
-    s.add_argument("--budgets", default="0,2,4,6,8")
-    s.add_argument("--tasks", default="prune_demo_math,prune_demo_nonmath")
-    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("--budgets", type=_budgets, default="0,2,4,6,8")
+    s.add_argument(
+        "--tasks",
+        type=_items("tasks", "lmms-eval task names"),
+        default="prune_demo_math,prune_demo_nonmath",
+    )
+    s.add_argument("--limit", type=_count("limit", 1), default=None)
     _add_prune_flags(s, skip=("criterion", "strategy", "budget"))  # given as lists above
-    s.add_argument("--out", default="out/sweep.jsonl")
+    s.add_argument("--out", type=_text("out", "the sweep JSONL file"), default="out/sweep.jsonl")
     s.add_argument(
         "--engine",
         choices=["hf", "vllm"],
@@ -494,29 +891,47 @@ def build_parser() -> argparse.ArgumentParser:
     _heal_args(s)
     s.set_defaults(fn=cmd_sweep)
 
-    h = sub.add_parser("heal", help="prune, heal with LoRA, merge and export a checkpoint")
+
+def _heal_parser(sub, common) -> None:
+    h = sub.add_parser(
+        "heal", parents=[common], help="prune, heal with LoRA, merge and export a checkpoint"
+    )
     _model_options(h)
-    _add_prune_flags(h, budget="4")
-    h.add_argument("--plan", default=None, help="apply this plan file instead of calibrating")
+    _add_prune_flags(h)
+    h.add_argument(
+        "--plan",
+        type=_text("plan", "a plan file (lmms-prune rank writes them)"),
+        help="apply this plan file instead of planning (no prune flags with it)",
+    )
     _heal_args(h)
-    h.add_argument("--out", required=True)
-    h.add_argument("--force", action="store_true", help="replace an export of lmms-prune in --out")
+    h.add_argument("--out", type=_text("out", "a folder"), required=True)
+    h.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an export of lmms-prune in --out (only while it holds exactly what "
+        "lmms-prune wrote there)",
+    )
     h.set_defaults(fn=cmd_heal)
 
-    ls = sub.add_parser("list", help="every registered criterion, strategy and calibration set")
-    ls.set_defaults(fn=cmd_list)
 
+def _report_parser(sub, common) -> None:
     rp = sub.add_parser(
-        "report", help="leaderboard (Markdown, CSV, JSON), plots and regime analysis"
+        "report",
+        parents=[common],
+        help="leaderboard (Markdown, CSV, JSON), plots and regime analysis",
     )
-    rp.add_argument("sweep", nargs="+", help="sweep JSONL file(s)")
-    rp.add_argument("--out", default="out/report")
     rp.add_argument(
-        "--math_tasks", default=None, help="comma list; default: names that look like math"
+        "sweep", nargs="+", type=_text("sweep", "a sweep JSONL file"), help="sweep JSONL file(s)"
+    )
+    rp.add_argument("--out", type=_text("out", "a folder"), default="out/report")
+    rp.add_argument(
+        "--math_tasks",
+        type=_items("math_tasks", "task names"),
+        help="comma list; default: names that look like math",
     )
     rp.add_argument(
         "--converge",
-        type=float,
+        type=_real("converge", lambda v: v >= 0, "a spread in points >= 0, e.g. 2"),
         default=2.0,
         help="without per-document results: spread (points) below which methods have converged",
     )
@@ -526,13 +941,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="report rows of several models together",
     )
+    _report_interval_flags(rp)
+    rp.add_argument("--force", action="store_true", help="overwrite existing report files")
+    rp.set_defaults(fn=cmd_report)
+
+
+def _report_interval_flags(rp: argparse.ArgumentParser) -> None:
     rp.add_argument(
         "--bootstrap",
-        type=int,
+        type=_count("bootstrap", 2),
         default=1000,
         help="paired bootstrap replicates over documents for intervals and regimes (default 1000)",
     )
-    rp.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    rp.add_argument(
+        "--confidence",
+        type=_real("confidence", lambda v: 0 < v < 1, "a level between 0 and 1, e.g. 0.95"),
+        default=0.95,
+        help="interval level (default 0.95)",
+    )
     rp.add_argument(
         "--family",
         choices=["score", "all"],
@@ -540,20 +966,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods that must agree for 'moderate': score-based criteria (default) or all",
     )
     rp.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    rp.add_argument("--force", action="store_true", help="overwrite existing report files")
-    rp.set_defaults(fn=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lmms-prune`` parser: rank, export, sweep, heal, list, report."""
+    p = argparse.ArgumentParser(prog="lmms-prune", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    common = _common()
+    _rank_parser(sub, common)
+    _export_parser(sub, common)
+    _sweep_parser(sub, common)
+    _heal_parser(sub, common)
+    ls = sub.add_parser(
+        "list", parents=[common], help="every registered criterion, strategy and calibration set"
+    )
+    ls.set_defaults(fn=cmd_list)
+    _report_parser(sub, common)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``lmms-prune`` command; errors in what was given end it with status 2."""
     args = build_parser().parse_args(argv)
     from .demo.model import DemoModelError
 
     try:
+        _configure_logging(args.verbosity)
         return args.fn(args)
     except (ValueError, DemoModelError) as err:
         print(f"lmms-prune {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a file removed meanwhile: said, not a traceback
+        print(f"lmms-prune {args.command}: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
