@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .distributed import is_main
 from .layers import decoder_layers_removed, find_decoder_layers
 from .plan import PrunePlan
-from .training_data import Example, TrainingData, collate
+from .training_data import Example, TrainingData, collate, collate_prompts, prompt_batches
 
 OBJECTIVES = ("distill", "sft")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -152,28 +152,45 @@ def _eos_ids(model, tokenizer) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
-def add_continuations_(model, examples: Sequence[Example], tokenizer, max_new_tokens: int) -> None:
+def add_continuations_(
+    model, examples: Sequence[Example], tokenizer, max_new_tokens: int, batch_size: int = 16
+) -> None:
     """Each example's answer: the unpruned model's greedy continuation (through its first EOS).
 
-    Run before adapters are attached, so ``model`` is the teacher itself.
+    Prompts go to ``generate`` ``batch_size`` at a time, left-padded (each row continues from
+    its last real token, so the tokens are those of one prompt at a time); prompts whose images
+    cannot be stacked go in separate batches. Run before adapters are attached, so ``model`` is
+    the teacher itself.
     """
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or [0])[0]
-    for e in tqdm(examples, desc="teacher answers", disable=not is_main(), leave=False):
+    bar = tqdm(total=len(examples), desc="teacher answers", disable=not is_main(), leave=False)
+    for batch in prompt_batches(examples, batch_size):
+        inputs, width = collate_prompts(batch, pad)
         with torch.no_grad():
-            out = model.generate(**e.inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 eos_token_id=eos or None, pad_token_id=pad)  # fmt: skip
-        new = out[0, e.prompt_len :]
-        stops = [i for i, t in enumerate(new.tolist()) if t in eos]
-        e.answer = new[: stops[0] + 1] if stops else new
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos or None,
+                pad_token_id=pad,
+            )
+        for e, new in zip(batch, out[:, width:], strict=True):
+            stops = [i for i, t in enumerate(new.tolist()) if t in eos]
+            e.answer = new[: stops[0] + 1].clone() if stops else new.clone()
+        bar.update(len(batch))
+    bar.close()
 
 
 def add_targets_(model, examples: Sequence[Example], tokenizer) -> None:
-    """Each example's answer: the task's target text, then the end-of-turn token."""
+    """Each example's answer: the task's target text, then the end-of-turn token (all targets
+    tokenized in one call)."""
     eos = _eos_ids(model, tokenizer)[:1]
-    for e in examples:
-        ids = tokenizer.encode(e.target, add_special_tokens=False) + eos
-        e.answer = torch.tensor(ids, dtype=torch.long)
+    if not examples:
+        return
+    ids = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"]
+    for e, row in zip(examples, ids, strict=True):
+        e.answer = torch.tensor(list(row) + eos, dtype=torch.long)
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -278,7 +295,9 @@ def heal_(model: torch.nn.Module, tokenizer, plan: PrunePlan, data: TrainingData
         if opts.objective == "sft":
             add_targets_(model, data.examples, tokenizer)
         else:
-            add_continuations_(model, data.examples, tokenizer, opts.continuation_tokens)
+            add_continuations_(
+                model, data.examples, tokenizer, opts.continuation_tokens, opts.batch_size
+            )
     peft_model = attach_lora_(model, removed, opts)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)

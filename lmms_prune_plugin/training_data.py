@@ -203,6 +203,57 @@ def build_training_data(
     return TrainingData(examples, tuple(tasks), total, content_hash(hashes))
 
 
+def _per_token(value: torch.Tensor, prompt_len: int) -> bool:
+    """Shaped like ``input_ids`` (batch of one, one entry per token): padded, not concatenated."""
+    return value.dim() >= 2 and tuple(value.shape[:2]) == (1, prompt_len)
+
+
+def _stack_key(e: Example) -> tuple:
+    """What must agree for examples to share a batch: the names of their tensors, and the
+    trailing shapes and dtypes of those concatenated along the first axis (pixels, grids)."""
+    return tuple(
+        (k, str(v.dtype), "token" if _per_token(v, e.prompt_len) else tuple(v.shape[1:]))
+        for k, v in sorted(e.inputs.items())
+    )
+
+
+def prompt_batches(examples: Sequence[Example], batch_size: int) -> list[list[Example]]:
+    """Examples in batches of at most ``batch_size`` that can be stacked, prompts of similar
+    length together (less padding); every example in exactly one batch."""
+    groups: dict[tuple, list[Example]] = {}
+    for e in sorted(examples, key=lambda e: e.prompt_len):
+        groups.setdefault(_stack_key(e), []).append(e)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def collate_prompts(examples: Sequence[Example], pad_id: int) -> tuple[dict, int]:
+    """Pad the prompts alone on the left into one batch for ``generate`` (each row continues
+    from its last real token, as an unpadded prompt does). Returns the inputs and their width.
+
+    Tensors shaped like ``input_ids`` are left-padded (``input_ids`` with ``pad_id``, the rest,
+    ``attention_mask`` included, with zeros); every other tensor is concatenated along its first
+    axis. Examples must share :func:`_stack_key` (see :func:`prompt_batches`).
+    """
+    if len({_stack_key(e) for e in examples}) > 1:
+        raise ValueError("examples with different tensors or image shapes cannot share a batch")
+    width = max(e.prompt_len for e in examples)
+    batch: dict[str, list] = {}
+    for e in examples:
+        p = e.prompt_len
+        for key, value in e.inputs.items():
+            if _per_token(value, p):
+                fill = pad_id if key == "input_ids" else 0
+                padded = torch.full((1, width, *value.shape[2:]), fill, dtype=value.dtype)
+                padded[:, width - p :] = value
+                value = padded
+            batch.setdefault(key, []).append(value)
+        if "attention_mask" not in e.inputs:
+            mask = torch.zeros((1, width), dtype=torch.long)
+            mask[0, width - p :] = 1
+            batch.setdefault("attention_mask", []).append(mask)
+    return {k: torch.cat(v, dim=0) for k, v in batch.items()}, width
+
+
 def collate(
     examples: Sequence[Example], pad_id: int
 ) -> tuple[dict, list[tuple[int, int]], torch.Tensor]:
@@ -226,7 +277,7 @@ def collate(
             if key == "input_ids":
                 padded = torch.full((width,), pad_id, dtype=value.dtype)
                 padded[:n] = seq
-            elif value.dim() >= 2 and value.shape[:2] == (1, p):  # per-token tensors
+            elif _per_token(value, p):
                 extra = 1 if key == "attention_mask" else 0
                 padded = torch.zeros((width, *value.shape[2:]), dtype=value.dtype)
                 padded[:p] = value[0]
