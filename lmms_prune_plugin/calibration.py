@@ -19,7 +19,7 @@ from .args import is_none, optional, parse_bool, parse_int
 from .cache import Cache, folder_fingerprint, key
 from .capture import AnswerReference, LayerCapture
 from .distributed import all_reduce, is_main, process_group
-from .layers import decoder_layers_removed
+from .layers import decoder_layers_removed, removal_checks_in
 from .requests import CalibrationRequests, build_requests, resolve_task_name
 from .similarity import TOKEN_SELECTIONS
 from .stats import LayerStatistics
@@ -338,7 +338,7 @@ class Calibrator:
             elif outputs:
                 options["reference"] = self._answer_reference(domain)
             reqs = self.requests(domain)
-            with decoder_layers_removed(self.model, removed):
+            with removal_checks_in(self.cache), decoder_layers_removed(self.model, removed):
                 stats, cap = _capture_pass(self.wrapper, self.model, reqs, self.config.tokens,
                                            blocks, **options)  # fmt: skip
             self.forwards += stats.forwards
