@@ -268,7 +268,7 @@ class Planner:
         return key(
             kind="plan", run=self.run_key, identity=self.identity,
             calibration=[self.calibrator.key(d) for d in self.domains(options)],
-            options=options.cache_key(),
+            options=options.cache_key(), tokens=self.config.tokens,  # the plan records it
         )  # fmt: skip
 
     def plan(self, options: PruneOptions) -> PrunePlan:
@@ -401,6 +401,10 @@ class Planner:
         if plan is None:
             return None
         problem = plan.problem_for(self.identity, o) or derivation_problem(plan, o)
+        if not problem and plan.token_selection != self.config.tokens:
+            problem = (
+                f"token_selection={plan.token_selection!r}, this run's is {self.config.tokens!r}"
+            )
         if problem:
             logger.warning(
                 f"lmms-prune: cache entry {self.cache.path('plan', k)} does not fit ({problem}); recomputing it"
