@@ -218,6 +218,7 @@ def weights_fingerprint(
         logger.info(f"lmms-prune: no local files of {name_or_path!r}; it is known by its name")
         return f"{name_or_path}@{revision or 'main'}"
     files = _files(folder)
+    # No file with a known weight suffix: every file counts, so such folders never look alike.
     weights = [f for f in files if f.suffix in _WEIGHT_SUFFIXES] or files
     return _fingerprint(weights, folder, FileHashes(memo_dir, remember))
 
