@@ -487,13 +487,13 @@ HEAL_OWN = {
 
 
 def _heal_args(p: argparse.ArgumentParser) -> None:
-    from .heal import HealOptions
+    from .heal import OBJECTIVES, HealOptions
 
     d = HealOptions()
-    g = p.add_argument_group("healing (LoRA on the kept layers; see README 'Healing')")
+    g = p.add_argument_group("healing (LoRA on the kept layers; see docs/healing.md)")
     g.add_argument(
         "--objective",
-        choices=["distill", "sft"],
+        choices=OBJECTIVES,
         help="distill (default: KL to the unpruned model) or sft (task targets)",
     )
     g.add_argument(
