@@ -98,7 +98,10 @@ class LmEvalSource:
     ) -> None:
         self.lm = lm
         self.prompts = prompts or PromptSettings()
-        self.include_paths = tuple(str(p) for p in include_paths)
+        ours = {Path(LM_EVAL_TASKS_DIR)}
+        self.include_paths = tuple(
+            str(p) for p in dict.fromkeys(Path(p).resolve() for p in include_paths) if p not in ours
+        )
         self._managers: dict[bool, Any] = {}
         self._data_key: str | None = None
 

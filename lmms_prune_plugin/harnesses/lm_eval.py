@@ -1,0 +1,153 @@
+"""Run EleutherAI's lm-evaluation-harness with ``pruned_vlm`` and ``pruned_lm`` registered.
+
+    python -m lmms_prune_plugin.harnesses.lm_eval --model pruned_vlm \\
+        --model_args criterion=math,budget=4 --tasks prune_demo --apply_chat_template \\
+        --include_path <this folder>/lm_eval_tasks --device cpu --output_path out/lm_eval
+
+Every argument is lm-eval's own (``lm-eval run --help``). lm-eval has no plugin entry points: its
+``--model`` resolves only names registered in the running process, so this launcher imports our
+models (which registers them) and then runs lm-eval's CLI, as ``lm_eval.__main__.cli_evaluate``
+does. One step is added between parsing and running: the prompt settings lm-eval resolved
+(``--apply_chat_template``, ``--system_instruction``, ``--fewshot_as_multiturn``) are copied into
+the model_args of our models, so calibration formats its prompts as the evaluation does, and
+``--include_path`` is searched for calibration tasks too. From Python, use
+``lm_eval.simple_evaluate(model=PrunedVLM(...), ...)`` with the same settings on both sides.
+
+:func:`main` returns the exit status: 0, or 1 after any failure (lm-eval's own CLI raises).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from loguru import logger
+
+#: The lm-eval models this package registers.
+MODELS = ("pruned_vlm", "pruned_lm")
+
+
+def register() -> None:
+    """Register ``pruned_vlm`` and ``pruned_lm`` with lm-eval (importing them does it)."""
+    from . import lm_eval_models  # noqa: F401
+
+
+@contextlib.contextmanager
+def _argv(argv: Sequence[str]) -> Iterator[None]:
+    """lm-eval's parser reads ``sys.argv``."""
+    saved = sys.argv
+    sys.argv = ["lm-eval", *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _model_args_values(argv: Sequence[str]) -> Iterator[str]:
+    """The raw values given to ``--model_args`` / ``-a``, in order."""
+    taking = False
+    for token in argv:
+        if token.startswith("--model_args="):
+            taking = False
+            yield token.split("=", 1)[1]
+        elif token in ("--model_args", "-a"):
+            taking = True
+        elif taking and not token.startswith("-"):
+            yield token
+        else:
+            taking = False
+
+
+def check_unique_model_args(argv: Sequence[str]) -> None:
+    """``budget=2 ... budget=3``: lm-eval keeps the last one with a log line; name both instead."""
+    from lm_eval._cli.utils import split_top_level
+
+    seen: dict[str, str] = {}
+    for value in _model_args_values(argv):
+        if value.lstrip().startswith("{"):  # a JSON object holds each key once
+            continue
+        for part in split_top_level(value):
+            k, _, v = part.partition("=")
+            if k in seen:
+                raise ValueError(
+                    f"{k} is given twice in --model_args ({k}={seen[k]} and {k}={v}); lm-eval "
+                    "would keep the last: give it once"
+                )
+            seen[k] = v
+
+
+def share_prompt_settings(args: Any, argv: Sequence[str]) -> None:
+    """For our models: lm-eval's resolved prompt settings (flags or ``--config`` YAML) become
+    model_args, and ``--include_path`` a calibration task folder. Giving the prompt settings in
+    model_args as well is refused: two sources could disagree."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    from .lm_eval_models import PROMPT_ARGS
+
+    if getattr(args, "command", None) != "run":
+        return
+    with contextlib.redirect_stdout(io.StringIO()):  # with --config it prints the config
+        cfg = EvaluatorConfig.from_cli(args)
+    if cfg.model not in MODELS:
+        return
+    check_unique_model_args(argv)
+    model_args = dict(cfg.model_args or {})
+    given = [k for k in PROMPT_ARGS if k in model_args]
+    if given:
+        k = given[0]
+        raise ValueError(
+            f"{k}={model_args[k]!r} in model_args is not allowed with this launcher: it sets "
+            f"{', '.join(PROMPT_ARGS)} from lm-eval's --apply_chat_template, --system_instruction "
+            "and --fewshot_as_multiturn, so that calibration formats prompts as the evaluation "
+            "does; give those flags instead"
+        )
+    model_args["apply_chat_template"] = cfg.apply_chat_template or False
+    model_args["fewshot_as_multiturn"] = bool(cfg.fewshot_as_multiturn)
+    if cfg.system_instruction is not None:
+        model_args["system_instruction"] = cfg.system_instruction
+    if cfg.include_path and "include_path" not in model_args:
+        model_args["include_path"] = cfg.include_path
+    args.model_args = model_args
+
+
+def _exit_code(err: SystemExit) -> int:
+    if err.code is None:
+        return 0
+    return err.code if isinstance(err.code, int) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """lm-eval's CLI (``lm-eval run`` arguments; ``run`` may be left out) with our models
+    registered. Returns 0, or non-zero after any failure, which is logged."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        register()
+        from lm_eval._cli import HarnessCLI
+        from lm_eval.utils import setup_logging
+
+        setup_logging()
+        parser = HarnessCLI()
+        with _argv(argv):
+            args = parser.parse_args()
+        share_prompt_settings(args, argv)
+        parser.execute(args)
+    except SystemExit as err:  # argparse: --help, bad arguments
+        return _exit_code(err)
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as err:  # a refused argument: the message says what to change
+        logger.error(f"lmms-prune lm-eval: {err}")
+        return 1
+    except Exception as err:
+        trace = "".join(traceback.format_exception(err)).rstrip()
+        logger.error(f"lmms-prune lm-eval: {type(err).__name__}: {err}\n{trace}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
