@@ -503,3 +503,30 @@ def test_same_layers_as_lmms_eval_on_the_demo():
     theirs = LmmsEvalPrunedVLM(**common)
     assert ours.plan.removed == theirs.plan.removed
     assert ours.plan.calibration.sets == theirs.plan.calibration.sets
+
+
+def test_the_ci_example_runs_lm_eval_commands_that_parse():
+    import shlex
+
+    import yaml
+    from lm_eval._cli import HarnessCLI
+
+    from lmms_prune_plugin.harnesses.lm_eval import _argv, register
+
+    register()
+    workflow = Path(__file__).resolve().parents[1] / "examples" / "ci" / "lm_eval.yml"
+    steps = yaml.safe_load(workflow.read_text())["jobs"]["lm-eval"]["steps"]
+    runs = [
+        s["run"].replace('"$TASKS"', TASKS)
+        for s in steps
+        if "harnesses.lm_eval " in s.get("run", "")
+    ]
+    assert len(runs) == 2
+    known = set(_manager().all_tasks)
+    for run in runs:
+        command = run.replace("\\\n", " ").split("python -m lmms_prune_plugin.harnesses.lm_eval", 1)
+        words = shlex.split(command[1])
+        with _argv(words):
+            args = HarnessCLI().parse_args()
+        assert args.model == "pruned_vlm" and set(args.tasks) <= known
+        assert args.apply_chat_template is True and args.include_path == TASKS
