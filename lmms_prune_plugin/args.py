@@ -122,7 +122,9 @@ def check_writable(name: str, path: str | os.PathLike) -> Path:
     return target
 
 
-def read_small_file(name: str, path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> str:
+def read_small_file(
+    name: str, path: str | os.PathLike, what: str = "file", limit: int = MAX_JSON_BYTES
+) -> str:
     """The text of a regular file of at most ``limit`` bytes, read with that cap: a folder, a
     device (``/dev/zero``), a pipe or a huge file is refused before it is read."""
     path = Path(path).expanduser()
@@ -144,4 +146,6 @@ def read_small_file(name: str, path: str | os.PathLike, limit: int = MAX_JSON_BY
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{name}={str(path)!r} is not allowed: it is not text ({err})") from err
+        raise ValueError(
+            f"{name}={str(path)!r} is not a valid {what}: it is not UTF-8 text ({err})"
+        ) from err

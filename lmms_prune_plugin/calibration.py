@@ -50,6 +50,15 @@ BUILTIN_CALIBRATION_SETS = (
     CalibrationSet("ai2d", "nonmath", "ai2d", False, "AI2D diagrams"),
 )  # fmt: skip
 DEFAULT_SETS = {"math": "prune_calib_math", "nonmath": "prune_calib_nonmath"}
+#: The model_args and CLI flags of calibration (:meth:`CalibrationConfig.parse`).
+CALIBRATION_ARGS = (
+    "calib_math",
+    "calib_nonmath",
+    "calib_limit",
+    "tokens",
+    "include_path",
+    "plan_cache",
+)
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,8 @@ class CalibrationConfig:
                 f"tokens={tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}"
             )
         include = optional(include_path)
-        if include is not None and not Path(str(include)).is_dir():
-            raise ValueError(
-                f"include_path={include!r} is not allowed; give an existing task folder"
-            )
+        if include is not None:
+            check_task_folder("include_path", str(include))
         use_cache, cache_dir = _parse_cache(plan_cache)
         return cls(
             sets, limit, str(tokens), str(include) if include else None, cache_dir, use_cache
@@ -108,6 +115,43 @@ class CalibrationConfig:
 
     def cache(self) -> Cache | None:
         return Cache(self.cache_dir) if self.use_cache else None
+
+
+_MAX_FOLDER_ENTRIES = 20000  # lmms-eval parses every YAML below an include path
+
+
+def check_task_folder(name: str, folder: str) -> None:
+    """Every ``*.yaml`` below ``folder`` is read by lmms-eval's TaskManager, which stops at the
+    first one that is not a task config with an error naming neither file nor parameter: check
+    them now, the way it reads them, and refuse a folder too large to be one of task YAMLs."""
+    import os
+
+    from lmms_eval.utils import load_yaml_config
+
+    if not Path(folder).is_dir():
+        raise ValueError(f"{name}={folder!r} is not allowed; give an existing task folder")
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in ("__pycache__", ".ipynb_checkpoints")]
+        seen += len(files) + len(dirs)
+        if seen > _MAX_FOLDER_ENTRIES:
+            raise ValueError(
+                f"{name}={folder!r} is not allowed: it holds over {_MAX_FOLDER_ENTRIES} files, "
+                "and lmms-eval would parse every YAML file in it; give the folder of your task YAMLs"
+            )
+        for f in sorted(x for x in files if x.endswith(".yaml")):
+            path = os.path.join(root, f)
+            try:
+                ok = isinstance(load_yaml_config(path, mode="simple"), dict)
+                why = "it is not a mapping"
+            except Exception as err:  # yaml's many error classes, a missing !function file...
+                ok, why = False, f"{type(err).__name__}: {str(err).splitlines()[0]}"
+            if not ok:
+                raise ValueError(
+                    f"{name}={folder!r} is not allowed: {path} is not an lmms-eval task YAML "
+                    f"({why}); lmms-eval reads every .yaml below {name}: give a folder that holds "
+                    "only task YAMLs"
+                )
 
 
 def _parse_cache(value: object) -> tuple[bool, str | None]:

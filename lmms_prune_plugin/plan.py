@@ -181,7 +181,7 @@ class PrunePlan:
         from .args import read_small_file
 
         path = Path(path)
-        text = read_small_file("plan", path)  # a folder, /dev/zero or a huge file: refused
+        text = read_small_file("plan", path, "prune plan")  # a folder, /dev/zero or a huge file: refused
         try:
             return cls.from_json(text)
         except (json.JSONDecodeError, ValueError, RecursionError) as err:

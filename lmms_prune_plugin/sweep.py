@@ -508,7 +508,7 @@ def _evaluate_here(lm, plan, tasks, limit, task_manager, heal, data):
         summary = result.summary()
     try:
         with decoder_layers_removed(lm.hf_model, plan.removed):
-            results_mod.record(plan, lm.identity)
+            results_mod.record(plan, lm.identity, getattr(lm, "display_name", None))
             res = simple_evaluate(
                 model=lm, tasks=list(tasks), limit=limit, task_manager=task_manager
             )

@@ -202,7 +202,7 @@ def model_args(text: str) -> dict[str, str]:
 @functools.cache
 def named_params(model: str, simple: bool) -> frozenset[str]:
     from lmms_prune_plugin.models.base import wrapper_class
-    from lmms_prune_plugin.models.pruned_vlm import _named_params
+    from lmms_prune_plugin.models.arguments import _named_params
 
     return frozenset(_named_params(wrapper_class(model, simple)))
 
@@ -212,7 +212,7 @@ def vllm_params(simple: bool) -> frozenset[str]:
     """What lmms-eval's vllm model takes, and vLLM's engine arguments."""
     from lmms_eval import models
 
-    from lmms_prune_plugin.models.pruned_vlm import _named_params
+    from lmms_prune_plugin.models.arguments import _named_params
 
     names = set(_named_params(models.get_model("vllm", force_simple=simple)))
     try:

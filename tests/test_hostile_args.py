@@ -147,7 +147,7 @@ def test_a_huge_or_binary_plan_file_is_refused(tmp_path):
         PrunePlan.load(huge)
     binary = tmp_path / "bin.json"
     binary.write_bytes(bytes(range(256)))
-    with pytest.raises(ValueError, match=r"plan=.* is not allowed: it is not text"):
+    with pytest.raises(ValueError, match=r"plan=.* is not a valid prune plan: it is not UTF-8 text"):
         PrunePlan.load(binary)
 
 

@@ -436,7 +436,8 @@ def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
     checkpoint that ships code is refused before anything loads."""
     import json
 
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM, _check_remote_code
+    from lmms_prune_plugin.models.arguments import _check_remote_code
+    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
 
     kwargs: dict = {}
     _check_remote_code("gemma4", False, str(tmp_path), None, False, kwargs)
@@ -498,7 +499,7 @@ def test_a_revision_reaches_the_wrapper_or_is_refused(tmp_path):
     """Wrappers that load model and processor at the revision get it; llama_vision loads its
     processor from the default branch and qwen2_5_vl takes none: refused before loading, as is a
     revision of a local folder."""
-    from lmms_prune_plugin.models.pruned_vlm import _check_revision
+    from lmms_prune_plugin.models.arguments import _check_revision
 
     kwargs: dict = {}
     _check_revision("hf_vlm", "org/name", "v1", kwargs)
@@ -544,7 +545,7 @@ def test_a_wrapper_that_cannot_load_the_architecture_is_named(tmp_path):
 def test_trust_remote_code_true_with_a_wrapper_that_always_trusts_is_accepted():
     """qwen3_vl has no trust_remote_code argument but always loads with it: asking for it is
     what the wrapper does anyway, so the argument is not passed on and not refused."""
-    from lmms_prune_plugin.models.pruned_vlm import _check_base_kwargs, _check_remote_code
+    from lmms_prune_plugin.models.arguments import _check_base_kwargs, _check_remote_code
 
     for base, simple in (("qwen3_vl", True), ("lfm2_5_vl", False)):
         kwargs: dict = {"trust_remote_code": True}

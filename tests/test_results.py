@@ -72,7 +72,8 @@ def test_the_demo_model_gives_the_output_folder_a_name():
 
     identity = ModelIdentity(str(DEMO_MODEL_DIR), "Qwen2VLForConditionalGeneration", "qwen2_vl",
                              12, "model.language_model.layers")  # fmt: skip
-    results.record(PrunePlan(identity, "last", {}, "topk", {}, 2, (), (10, 11)), identity)
+    plan = PrunePlan(identity, "last", {}, "topk", {}, 2, (), (10, 11))
+    results.record(plan, identity, results.DEMO_MODEL_NAME)  # what pruned_vlm passes for the demo
     tracker = GeneralConfigTracker()
     tracker.log_experiment_args("pruned_vlm", "criterion=last,budget=2", None, None, False)
     assert tracker.model_name == results.DEMO_MODEL_NAME and tracker.model_name_sanitized

@@ -139,7 +139,10 @@ def export_key(pretrained: str, plan: PrunePlan, revision: str | None) -> str:
     from ..cache import files_fingerprint, key
 
     return key(
-        kind="export", plan=plan.to_dict(), files=files_fingerprint(pretrained), revision=revision
+        kind="export",
+        plan=plan.to_dict(),
+        files=files_fingerprint(pretrained, revision),
+        revision=revision,
     )
 
 

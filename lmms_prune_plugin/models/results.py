@@ -37,21 +37,19 @@ def summary(plan: PrunePlan, evaluated: ModelIdentity | None = None) -> dict:
     return out
 
 
-def record(plan: PrunePlan, evaluated: ModelIdentity | None = None) -> None:
-    """The plan of the ``pruned_vlm`` about to be evaluated (the latest constructed wins)."""
-    from ..demo import DEMO_MODEL_DIR
-
+def record(
+    plan: PrunePlan, evaluated: ModelIdentity | None = None, name: str | None = None
+) -> None:
+    """The plan of the ``pruned_vlm`` about to be evaluated (the latest constructed wins);
+    ``name`` names the output folder when ``pretrained=`` does not (the demo model)."""
     _STATE["plan"] = summary(plan, evaluated)
-    name = evaluated.name_or_path if evaluated else plan.model.name_or_path
-    _STATE["model_name"] = DEMO_MODEL_NAME if name == str(DEMO_MODEL_DIR) else name
+    _STATE["model_name"] = name or (evaluated or plan.model).name_or_path
     _install()
 
 
 def _is_ours(config: dict) -> bool:
-    from .pruned_vlm import PrunedVLM
-
     backend = str(config.get("model_backend", ""))
-    return backend.startswith(f"{PrunedVLM.__module__}.")
+    return backend.startswith(f"{__package__}.pruned_vlm.")
 
 
 def _install() -> None:
