@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,27 +186,104 @@ def run_capture(
     calib: CalibrationRequests,
     tokens: str = "all",
     block_sizes: tuple[int, ...] = (),
+    prefill_only: bool = True,
     **capture_options,
 ) -> LayerStatistics:
-    """One prefill pass over the domain's requests through the wrapper, hooks on."""
-    return _capture_pass(wrapper, model, calib, tokens, block_sizes, **capture_options)[0]
+    """One prefill pass over the domain's requests through the wrapper, hooks on, as many
+    requests a call as the wrapper's batch size. ``prefill_only``: the wrapper's ``generate``
+    runs the prompt's forward alone (:func:`generate_as_prefill`); False: the model's own."""
+    return _capture_pass(
+        wrapper, model, calib, tokens, block_sizes, prefill_only, **capture_options
+    )[0]
 
 
-def _capture_pass(wrapper, model, calib: CalibrationRequests, tokens: str,
-                  block_sizes: tuple[int, ...], **capture_options) -> tuple[LayerStatistics, LayerCapture]:  # fmt: skip
+def _capture_pass(
+    wrapper,
+    model,
+    calib: CalibrationRequests,
+    tokens: str,
+    block_sizes: tuple[int, ...],
+    prefill_only: bool = True,
+    **capture_options,
+) -> tuple[LayerStatistics, LayerCapture]:
     saved = dict(wrapper.task_dict)
     wrapper.task_dict.update(calib.datasets)
+    requests = calib.for_pass()
+    generate = generate_as_prefill(model) if prefill_only else nullcontext()
     try:
         with (
             torch.inference_mode(),
+            generate,
             LayerCapture(model, tokens=tokens, block_sizes=block_sizes, **capture_options) as cap,
         ):
-            wrapper.generate_until(list(calib.requests))
+            wrapper.generate_until(requests)
         stats = cap.statistics()
     finally:
         wrapper.task_dict.clear()
         wrapper.task_dict.update(saved)
+    if stats.samples != len(requests):
+        raise ValueError(
+            f"calibration task {calib.task!r}: the base wrapper {type(wrapper).__name__} ran "
+            f"prefill forwards for {stats.samples} samples of the {len(requests)} requests it "
+            "was given (a wrapper that skips or repeats documents, or hides a failed generate); "
+            "these statistics would not be the task's"
+        )
     return all_reduce(stats), cap
+
+
+def _generation_names(model: torch.nn.Module) -> frozenset[str]:
+    """What a wrapper may pass to ``generate`` that is not a model input: generate's own
+    parameters and every generation setting."""
+    import inspect
+
+    from transformers import GenerationConfig
+
+    names = set(GenerationConfig().to_dict()) | set(inspect.signature(model.generate).parameters)
+    return frozenset(names - {"inputs", "kwargs"})
+
+
+@contextmanager
+def generate_as_prefill(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block ``model.generate`` runs the prompt's forward alone (no KV cache, logits
+    of the last position) and answers with its greedy token.
+
+    Calibration measures the prefill forward only, and this is that forward on the inputs the
+    wrapper built, so the statistics are those of ``generate``; its set-up per call
+    (configuration copies, a KV cache, logits processors) is skipped. Every argument that is not
+    a generation setting reaches the forward, which refuses what it does not take.
+    """
+    import inspect
+
+    skip = _generation_names(model)
+    takes = inspect.signature(model.forward).parameters
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+
+    def prefill(*args, **kwargs):
+        ids = args[0] if args else kwargs.pop("inputs", None)
+        if ids is not None:
+            kwargs["input_ids"] = ids
+        inputs = {k: v for k, v in kwargs.items() if k not in skip}
+        logits = getattr(model(**inputs, use_cache=False, **keep), "logits", None)
+        if logits is None:
+            raise ValueError(f"{type(model).__name__} returned no logits to answer generate with")
+        token = logits[:, -1:].argmax(-1)
+        ids = inputs.get("input_ids")
+        seq = token if ids is None else torch.cat([ids, token.to(ids)], dim=1)
+        if kwargs.get("return_dict_in_generate"):
+            from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+            return GenerateDecoderOnlyOutput(sequences=seq)
+        return seq
+
+    had, saved = "generate" in vars(model), vars(model).get("generate")
+    model.generate = prefill
+    try:
+        yield
+    finally:
+        if had:
+            model.generate = saved
+        else:
+            del model.generate
 
 
 @dataclass(frozen=True)
@@ -287,6 +365,7 @@ class Calibrator:
         self._reference: dict[str, AnswerReference] = {}
         self._task_manager = None
         self._task_key: dict[str, str] = {}
+        self._requests: dict[str, CalibrationRequests] = {}
 
     def _manager(self, task: str):
         """A TaskManager that knows ``task``: our folders alone index in milliseconds, all of
@@ -318,6 +397,10 @@ class Calibrator:
         )  # fmt: skip
 
     def requests(self, domain: str) -> CalibrationRequests:
+        """The domain's requests, built once per calibrator (every pass over a domain sees the
+        same samples in the same order; :meth:`CalibrationRequests.for_pass` copies them)."""
+        if domain in self._requests:
+            return self._requests[domain]
         task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
         rank, world = process_group()
         name = self.config.sets[domain]
@@ -328,6 +411,7 @@ class Calibrator:
                 f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples",
                 file=sys.stderr,
             )
+        self._requests[domain] = reqs
         return reqs
 
     def _cached(self, domain: str, k: str, num_layers: int) -> DomainCalibration | None:

@@ -6,6 +6,7 @@ chat messages), so calibration sees what evaluation will see through the same ba
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -34,6 +35,17 @@ class CalibrationRequests:
     fingerprint: str
     total: int  # samples over all ranks
 
+    def for_pass(self) -> list:
+        """The requests for one pass: copies whose generation arguments are their own, since
+        wrappers edit them (lmms-eval's qwen2_vl pops ``until``), and the next pass must batch
+        and order the requests exactly as this one."""
+        out = []
+        for inst in self.requests:
+            twin = copy.copy(inst)
+            twin.arguments = tuple(dict(a) if isinstance(a, dict) else a for a in inst.args)
+            out.append(twin)
+        return out
+
 
 def _jsonable(value: Any) -> Any:
     """Doc fields for hashing: images and bytes by content, never by object address."""
@@ -50,34 +62,12 @@ def _jsonable(value: Any) -> Any:
     return type(value).__name__
 
 
-def build_requests(
-    task_name: str,
-    task_manager,
-    task_type: str,
-    limit: int | None,
-    rank: int = 0,
-    world_size: int = 1,
-    param: str = "calib",
-) -> CalibrationRequests:
-    """Load ``task_name`` and build its generate_until requests, limited to one new token.
-
-    The fingerprint covers every sample; ``requests`` holds this rank's share (every
-    ``world_size``-th one), so ranks split the work and still agree on the identity.
-    """
-    from lmms_eval.evaluator_utils import get_task_list
+def _task_dict(task_name: str, task: str, task_manager, task_type: str, param: str) -> dict:
+    """lmms-eval's task dict of a known task, or an error naming why its data did not load."""
     from lmms_eval.tasks import get_task_dict
 
-    from .args import closest
-
-    task = resolve_task_name(task_name)
-    if task not in task_manager.all_tasks:
-        raise ValueError(
-            f"{param}={task_name!r}: lmms-eval knows no task {task!r}{closest(task, task_manager.all_tasks)}; "
-            "give a registered calibration set (lmms-prune list) or an lmms-eval task, with "
-            "include_path= for a task folder of your own"
-        )
     try:
-        task_dict = get_task_dict([task], task_manager, task_type)
+        return get_task_dict([task], task_manager, task_type)
     except Exception as err:  # a known task whose data or code could not be loaded
         offline = (
             os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -92,6 +82,13 @@ def build_requests(
             f"{param}={task_name!r}: lmms-eval knows task {task!r} but could not load it "
             f"({type(err).__name__}: {err}){hint}"
         ) from err
+
+
+def _one_token_requests(task_dict: dict, task_type: str, limit: int | None):
+    """Every generate_until instance of the task dict with one new token, greedy; the datasets
+    by task name; and what identifies each sample (for the fingerprint)."""
+    from lmms_eval.evaluator_utils import get_task_list
+
     requests, datasets, hashed = [], {}, []
     for out in get_task_list(task_dict):
         t = out.task
@@ -112,6 +109,34 @@ def build_requests(
             requests.append(inst)
             ctx, doc_id, name, split = args[0], args[3], args[4], args[5]
             hashed.append([name, split, doc_id, ctx, _jsonable(t.dataset[split][doc_id])])
+    return requests, datasets, hashed
+
+
+def build_requests(
+    task_name: str,
+    task_manager,
+    task_type: str,
+    limit: int | None,
+    rank: int = 0,
+    world_size: int = 1,
+    param: str = "calib",
+) -> CalibrationRequests:
+    """Load ``task_name`` and build its generate_until requests, limited to one new token.
+
+    The fingerprint covers every sample; ``requests`` holds this rank's share (every
+    ``world_size``-th one), so ranks split the work and still agree on the identity.
+    """
+    from .args import closest
+
+    task = resolve_task_name(task_name)
+    if task not in task_manager.all_tasks:
+        raise ValueError(
+            f"{param}={task_name!r}: lmms-eval knows no task {task!r}{closest(task, task_manager.all_tasks)}; "
+            "give a registered calibration set (lmms-prune list) or an lmms-eval task, with "
+            "include_path= for a task folder of your own"
+        )
+    task_dict = _task_dict(task_name, task, task_manager, task_type, param)
+    requests, datasets, hashed = _one_token_requests(task_dict, task_type, limit)
     if not requests:
         raise ValueError(
             f"{param}={task_name!r}: calibration task {task!r} yielded no generate_until samples "

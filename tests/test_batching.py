@@ -179,6 +179,44 @@ def test_output_divergence_at_batch_16_equals_batch_1(wrapper, task_folder):
     assert_same_sums(one, many)
 
 
+def test_the_prefill_forward_measures_what_generate_measures(wrapper, task_folder):
+    """Calibration answers the wrapper's ``generate`` with the prompt's forward alone: the same
+    statistics and answer distributions as the model's own ``generate``, padding included."""
+    from lmms_prune_plugin.calibration import run_capture
+
+    wrapper.batch_size_per_gpu, wrapper.processor.tokenizer.padding_side = 16, "left"
+    config = CalibrationConfig.parse(
+        calib_math=TASK,
+        calib_nonmath="none",
+        calib_limit=None,
+        include_path=str(task_folder),
+        plan_cache=False,
+    )
+    reqs = Calibrator(wrapper, wrapper.model, config, run_key="batching").requests("math")
+    got = {}
+    for prefill in (True, False):
+        stats = run_capture(
+            wrapper,
+            wrapper.model,
+            reqs,
+            block_sizes=(2,),
+            prefill_only=prefill,
+            record_answers=True,
+        )
+        got[prefill] = stats
+    wrapper.batch_size_per_gpu = 1
+    assert "generate" not in vars(wrapper.model)  # the model's own generate is back
+    assert got[True].forwards == got[False].forwards == 2
+    assert_same_sums(got[True], got[False])
+
+
+def test_a_wrapper_that_drops_a_request_is_named(wrapper, task_folder, monkeypatch):
+    given = wrapper.generate_until
+    monkeypatch.setattr(wrapper, "generate_until", lambda reqs: given(reqs[1:]) + [""])
+    with pytest.raises(ValueError, match="for 19 samples of the 20 requests"):
+        calibrate(wrapper, task_folder, 4)
+
+
 # -- healing: the teacher's answers ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def teacher():
