@@ -20,7 +20,6 @@ from lmms_prune_plugin.harnesses.lm_eval_source import (  # noqa: E402
 )
 
 TASKS = LM_EVAL_TASKS_DIR
-PIXELS = {"min_pixels": 112 * 112, "max_pixels": 112 * 112}
 LAUNCHER = [sys.executable, "-m", "lmms_prune_plugin.harnesses.lm_eval"]
 
 
@@ -50,7 +49,7 @@ def demo_lm():
     """lm-eval's own hf-multimodal model on the packaged demo checkpoint."""
     from lm_eval.models.hf_vlms import HFMultimodalLM
 
-    return HFMultimodalLM(pretrained=str(DEMO_MODEL_DIR), device="cpu", **PIXELS)
+    return HFMultimodalLM(pretrained=str(DEMO_MODEL_DIR), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +180,9 @@ def test_the_model_sees_exactly_what_lm_eval_builds(demo_lm):
         ctx, _, aux = inst.args
         want.append(demo_lm.processor(text=[ctx], images=aux["visual"])["input_ids"][0])
     assert sorted(map(list, want)) == sorted(seen)
+    # The rendered 112x112 canvas is 4x4 cells of 28x28 pixels: one visual token each.
+    image_pad = demo_lm.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert all(row.count(image_pad) == 16 for row in seen)
     stats = cap.statistics()
     assert stats.num_layers == 12 and stats.samples == 4 and stats.tokens == sum(map(len, seen))
     assert all(abs(c) <= stats.tokens and c == c for c in stats.cos_sum)  # finite, bounded
@@ -250,7 +252,7 @@ def test_bad_arguments_fail_before_loading(no_load, kwargs, pattern):
 def test_good_arguments_reach_the_parent_without_ours(no_load):
     with pytest.raises(Loaded):
         _vlm(criterion="math", budget=4, calib_limit=8, apply_chat_template=True, batch_size=2)
-    assert no_load == {"_pretrained": str(DEMO_MODEL_DIR), **PIXELS, "batch_size": 2}
+    assert no_load == {"_pretrained": str(DEMO_MODEL_DIR), "batch_size": 2}
 
 
 def test_save_plan_never_replaces_a_file_that_is_not_a_plan(no_load, tmp_path):

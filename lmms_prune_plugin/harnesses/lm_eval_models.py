@@ -372,13 +372,11 @@ class PrunedVLM(_PruneOnLoad, HFMultimodalLM):
     PARENT = "hf-multimodal"
 
     def _demo_model(self, kwargs: dict) -> tuple[str, dict]:
-        from ..demo.data.canvas import HEIGHT, WIDTH
         from ..demo.model import DEMO_MODEL_DIR, check_demo_model
 
-        check_demo_model(DEMO_MODEL_DIR)
-        # Each 28x28 cell of the rendered canvas stays one visual token, as in lmms-eval.
-        pixels = {"min_pixels": WIDTH * HEIGHT, "max_pixels": WIDTH * HEIGHT}
-        return str(DEMO_MODEL_DIR), pixels | kwargs
+        # Its processor config already fixes the image size to the rendered canvas (each 28x28
+        # cell one visual token); lm-eval, unlike lmms-eval's qwen2_vl, keeps it as saved.
+        return str(check_demo_model(DEMO_MODEL_DIR)), kwargs
 
 
 @register_model("pruned_lm")
