@@ -143,21 +143,16 @@ def _model_args(a) -> dict:
 
 def _add_prune_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), **defaults) -> None:
     """One ``--name`` per prune option (the fields of PruneOptions); parsed strictly later."""
-    from .planner import prune_option_names
+    from .planner import PruneOptions
 
-    g = p.add_argument_group("prune options (as pruned_vlm's model_args; see lmms-prune list)")
-    for name in prune_option_names():
-        if name not in skip:
-            what = f"a value for {name} (see lmms-prune list)"
-            g.add_argument(f"--{name}", type=_text(name, what), default=defaults.get(name))
+    PruneOptions.add_flags(p, skip, **defaults)
 
 
 def _prune_given(a, skip: tuple[str, ...] = ()) -> dict:
     """The prune options given as flags (or with a subcommand default)."""
-    from .planner import prune_option_names
+    from .planner import PruneOptions
 
-    names = [n for n in prune_option_names() if n not in skip]
-    return {n: getattr(a, n) for n in names if getattr(a, n, None) is not None}
+    return PruneOptions.given(a, skip)
 
 
 def _with_default_budget(prune: dict, margs: dict) -> dict:

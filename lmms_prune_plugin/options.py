@@ -125,6 +125,17 @@ def parse_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     return out
 
 
+def _not_empty(name: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        try:
+            reject_empty(name, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    return check
+
+
 class OptionRecord:
     """Base of option records (frozen dataclasses whose fields come from :func:`option`)."""
 
@@ -157,19 +168,21 @@ class OptionRecord:
         cls, parser: argparse.ArgumentParser, skip: Iterable[str] = (), **defaults: Any
     ) -> None:
         """One ``--name`` flag per field; values stay strings until :meth:`parse` (so CLI and
-        model_args give the same errors). ``defaults`` override what the help shows."""
+        model_args give the same errors), but an empty one is refused at once. ``defaults``
+        are the command's own defaults (None: unset, the record's default applies)."""
         group = parser.add_argument_group(cls.title)
         for f in cls.fields():
             if f.name in skip or not f.metadata.get("cli", True):
                 continue
-            shown = defaults.get(f.name, f.default)
             choices = f.metadata["choices"]
             listed = choices() if callable(choices) else choices
             extra = f" (one of: {', '.join(listed)})" if listed else ""
+            shown = defaults.get(f.name, f.default)
             group.add_argument(
                 f"--{f.metadata['flag'] or f.name}",
                 dest=f.name,
-                default=None,
+                type=_not_empty(f.name),
+                default=defaults.get(f.name),
                 help=f"{f.metadata['help']}{extra} [default: {shown}]",
             )
 

@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 
 from loguru import logger
 
+from .args import parse_float
 from .calibration import CalibrationConfig, Calibrator
 from .criteria import CriterionOptions, Scores, order_scores
 from .distributed import is_main
+from .options import OptionRecord, option
 from .plan import CalibrationIdentity, ModelIdentity, PrunePlan, content_hash
 from .plugins import get_criterion, get_strategy
 from .stats import LayerStatistics
@@ -27,56 +29,42 @@ BASELINE = "none"  # criterion and strategy of a budget-0 plan
 
 def prune_option_names() -> tuple[str, ...]:
     """The names of every :class:`PruneOptions` field: model_args and CLI flags derive from them."""
-    from dataclasses import fields
+    return PruneOptions.names()
 
-    return tuple(f.name for f in fields(PruneOptions))
+
+def parse_budget(name: str, value: object) -> int | float:
+    """A layer count (``4`` stays an int, as plans record it) or a fraction of the depth."""
+    if isinstance(value, str):
+        value = parse_float(name, value)
+        return int(value) if value.is_integer() else value
+    return value  # type: ignore[return-value]  # checked by check_budget
 
 
 @dataclass(frozen=True)
-class PruneOptions:
+class PruneOptions(OptionRecord):
     """Everything that decides which layers go, given the statistics. Validated on construction."""
 
-    criterion: str = "math"
-    budget: int | float = 0
-    strategy: str | None = None  # None: the criterion's default (topk; contiguous for angular)
-    alpha: float = 0.5
-    seed: int = 0
-    min_gap: int = 2
-    protect_first: int = 0
-    protect_last: int = 0
-    final_norm: bool = False  # compare the last layer with the post-norm state (reference codes)
-    angular_tokens: str = "last"  # angular: last token (Gromov et al.) or "all" selected tokens
-    step: int = 1  # iterative criteria: layers removed per re-calibration
-    candidates: int = 8  # output-aware criteria: layers tried per removal (0 = all)
-
-    @classmethod
-    def parse(cls, **raw) -> PruneOptions:
-        """From user-given values (model_args, CLI flags): each converted strictly by the type of
-        its default (``final_norm=yes`` is True, ``step=2.0`` is 2, ``step=two`` an error)."""
-        from dataclasses import fields
-
-        from .args import optional, parse_bool, parse_float, parse_int
-
-        defaults = {f.name: f.default for f in fields(cls)}
-        unknown = sorted(set(raw) - set(defaults))
-        if unknown:
-            raise ValueError(f"{unknown[0]} is not a prune option; they are: {', '.join(defaults)}")
-        out = {}
-        for name, value in raw.items():
-            default = defaults[name]
-            if name == "strategy":
-                value = optional(value)
-            elif name == "budget" and isinstance(value, str):
-                value = parse_float("budget", value)
-                value = int(value) if value.is_integer() else value
-            elif isinstance(default, bool):
-                value = parse_bool(name, value)
-            elif isinstance(default, int) and name != "budget":
-                value = parse_int(name, value)
-            elif isinstance(default, float):
-                value = parse_float(name, value)
-            out[name] = value
-        return cls(**out)
+    title = "prune options"
+    criterion: str = option("math", "how layers are ranked (lmms-prune list)")
+    budget: int | float = option(
+        0, "layers to remove, or a fraction of the depth below 1", parse=parse_budget
+    )
+    strategy: str | None = option(
+        None, "how ranked layers are picked (default: the criterion's own)", none=True
+    )
+    alpha: float = option(0.5, "mixed criteria: weight of math against non-math")
+    seed: int = option(0, "random criterion and bootstrap seed")
+    min_gap: int = option(2, "spaced: least distance between removed layers")
+    protect_first: int = option(0, "never remove the first N layers")
+    protect_last: int = option(0, "never remove the last N layers")
+    final_norm: bool = option(
+        False, "compare the last layer with the post-norm state (reference codes)"
+    )
+    angular_tokens: str = option(
+        "last", "angular: the last token (Gromov et al.) or all selected tokens"
+    )
+    step: int = option(1, "iterative criteria: layers removed per re-calibration")
+    candidates: int = option(8, "output-aware criteria: layers tried per removal (0: all)")
 
     def __post_init__(self) -> None:
         crit = get_criterion(self.criterion)
