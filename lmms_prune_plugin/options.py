@@ -143,7 +143,11 @@ class OptionRecord:
 
     @classmethod
     def fields(cls) -> tuple[dataclasses.Field, ...]:
-        return dataclasses.fields(cls)  # type: ignore[arg-type]
+        found = dataclasses.fields(cls)  # type: ignore[arg-type]
+        clash = [f.name for f in found if hasattr(OptionRecord, f.name)]
+        if clash:  # a field would hide the method of that name
+            raise TypeError(f"{cls.__name__}: option names {clash} are taken by OptionRecord")
+        return found
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
