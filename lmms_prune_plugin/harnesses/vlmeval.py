@@ -26,7 +26,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -60,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-h", "--help", action="store_true", help="show this help and VLMEvalKit's")
+    p.add_argument("-h", "--help", action="store_true", help="show this help")
     p.add_argument(
         "--model", help=f"a supported_VLM name, any name with --pretrained, or {DEMO_MODEL}"
     )
@@ -207,15 +208,32 @@ def check_with_vlmeval(args: argparse.Namespace, kwargs: dict[str, Any], name: s
                 f"--model-args: {unknown[0]!r} is not an argument of {cls.__name__}; "
                 f"it takes {', '.join(p for p in params if p != 'self')}"
             )
-    for domain in ("math", "nonmath"):
+    for domain in calibration_domains(args):
         task = kwargs[f"calib_{domain}"]
-        if task.lower() != "none" and task not in SUPPORTED_DATASETS:
+        if task not in SUPPORTED_DATASETS:
             if not (lmu_root() / f"{task}.tsv").is_file():
                 raise LaunchError(
                     f"--calib-{domain}={task!r} is not allowed: no VLMEvalKit dataset of that name "
                     f"and no {lmu_root() / (task + '.tsv')}; write the demo sets with "
                     f"`python scripts/vlmeval_demo_data.py {lmu_root()}` or give a dataset"
                 )
+
+
+def calibration_domains(args: argparse.Namespace) -> tuple[str, ...]:
+    """The domains the pruning options calibrate on (none for a plan file or budget 0)."""
+    from ..args import is_none
+    from ..plugins import get_criterion
+    from .vlmeval_args import parse_prune
+
+    if args.plan is not None:
+        return ()
+    options = parse_prune(args.prune)
+    if options.budget == 0:
+        return ()
+    sets = {d: v for d, v in (("math", args.calib_math), ("nonmath", args.calib_nonmath))}
+    return get_criterion(options.criterion).resolve_domains(
+        d for d, v in sets.items() if not is_none(v)
+    )
 
 
 def check_results(run_dir: Path, datasets: Sequence[str], mode: str, since: float) -> list[str]:
@@ -282,10 +300,35 @@ def run_vlmeval(argv: list[str]) -> int:
     import vlmeval.run as run
 
     try:
-        _with_argv(argv, run.main)
+        with gloo_without_cuda():
+            _with_argv(argv, run.main)
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 1
     return 0
+
+
+@contextmanager
+def gloo_without_cuda() -> Iterator[None]:
+    """Under torchrun VLMEvalKit starts its process group with the nccl backend, which needs
+    GPUs: without CUDA the group uses gloo instead, so ranks split the data on CPU too."""
+    import torch
+    import torch.distributed as dist
+
+    original = dist.init_process_group
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        yield
+        return
+
+    def init_process_group(*args, **kwargs):
+        if kwargs.get("backend") == "nccl":
+            kwargs["backend"] = "gloo"
+        return original(*args, **kwargs)
+
+    dist.init_process_group = init_process_group
+    try:
+        yield
+    finally:
+        dist.init_process_group = original
 
 
 def main(argv: Sequence[str] | None = None) -> int:

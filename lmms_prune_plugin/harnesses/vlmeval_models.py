@@ -191,18 +191,19 @@ class PrunedVLM(BaseModel):
         if label in FAILED:  # VLMEvalKit builds again for each dataset: fail fast, same reason
             raise RuntimeError(f"{label} was not built: {FAILED[label]}")
         try:
+            config = CalibrationConfig.parse(
+                calib_math, calib_nonmath, calib_limit, tokens, None, plan_cache
+            )
             self._build(
-                inner,
-                pretrained,
-                prune,
-                plan,
-                inner_kwargs,
-                use_vllm,
-                output_dir,
-                reuse,
-                CalibrationConfig.parse(
-                    calib_math, calib_nonmath, calib_limit, tokens, None, plan_cache
-                ),
+                inner=inner,
+                pretrained=pretrained,
+                prune=prune,
+                plan=plan,
+                inner_kwargs=inner_kwargs,
+                use_vllm=use_vllm,
+                output_dir=output_dir,
+                reuse=reuse,
+                config=config,
             )
         except Exception as err:
             FAILED[label] = f"{type(err).__name__}: {err}"
@@ -210,6 +211,7 @@ class PrunedVLM(BaseModel):
 
     def _build(
         self,
+        *,
         inner,
         pretrained,
         prune,

@@ -267,3 +267,40 @@ def test_the_ci_example_runs_the_launcher_with_arguments_it_accepts():
         names.add(model_name(args))
         assert kwargs["inner"] == "lmms_prune_demo" and "--judge" in rest and "--data" in rest
     assert len(names) == 2  # two output folders: the runs do not mix
+
+
+def test_two_processes_under_torchrun_split_calibration_and_evaluation(tmp_path, lmu_data):
+    """VLMEvalKit's torchrun data parallelism on CPU (gloo): each rank calibrates half of the
+    lines, the plan is the same on both, and rank 0 merges the predictions."""
+    work = tmp_path / "out"
+    args = [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        MODULE,
+        *DEMO,
+        "--prune",
+        "criterion=math,budget=4",
+        "--calib-limit",
+        "16",
+        "--data",
+        "PruneDemo_Nonmath",
+        "--judge",
+        "exact_matching",
+        "--limit",
+        "8",
+        "--work-dir",
+        str(work),
+    ]
+    env = os.environ | {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    run_dir = work / "lmms_prune_demo__criterion-math_budget-4"
+    plan = PrunePlan.load(run_dir / "plan.json")
+    assert plan.calibration.samples == {"math": 16} and len(plan.removed) == 4
+    assert out.stderr.count("removes layers " + ", ".join(map(str, plan.removed[:-1]))) == 2
+    assert (run_dir / "lmms_prune_demo__criterion-math_budget-4_PruneDemo_Nonmath_acc.csv").exists()
