@@ -1,5 +1,6 @@
-"""Calibration: one prefill pass over a domain's lmms-eval requests through the base wrapper,
-with capture on; its statistics are kept in memory and in the on-disk cache.
+"""Calibration: one prefill pass over a domain's documents through a harness (a
+:class:`~lmms_prune_plugin.harnesses.base.CalibrationSource`: the exact inputs that harness
+builds), with capture on; its statistics are kept in memory and in the on-disk cache.
 
 Only :mod:`.planner` builds a :class:`Calibrator`.
 """
@@ -7,7 +8,6 @@ Only :mod:`.planner` builds a :class:`Calibrator`.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -17,11 +17,11 @@ import torch
 from loguru import logger
 
 from .args import is_none, optional, parse_bool, parse_int
-from .cache import Cache, folder_fingerprint, key
+from .cache import Cache, key
 from .capture import AnswerReference, LayerCapture
 from .distributed import all_reduce, is_main, process_group
+from .harnesses.base import CalibrationDocs, CalibrationSource
 from .layers import decoder_layers_removed, removal_checks_in
-from .requests import CalibrationRequests, build_requests, resolve_task_name
 from .similarity import TOKEN_SELECTIONS
 from .stats import LayerStatistics
 
@@ -181,52 +181,45 @@ def _parse_cache(value: object) -> tuple[bool, str | None]:
 
 
 def run_capture(
-    wrapper,
+    source: CalibrationSource,
     model: torch.nn.Module,
-    calib: CalibrationRequests,
+    docs: CalibrationDocs,
     tokens: str = "all",
     block_sizes: tuple[int, ...] = (),
     prefill_only: bool = True,
     **capture_options,
 ) -> LayerStatistics:
-    """One prefill pass over the domain's requests through the wrapper, hooks on, as many
-    requests a call as the wrapper's batch size. ``prefill_only``: the wrapper's ``generate``
-    runs the prompt's forward alone (:func:`generate_as_prefill`); False: the model's own."""
-    return _capture_pass(
-        wrapper, model, calib, tokens, block_sizes, prefill_only, **capture_options
-    )[0]
+    """One prefill pass over a domain's documents through the harness, hooks on.
+    ``prefill_only``: ``generate`` runs the prompt's forward alone (:func:`generate_as_prefill`);
+    False: the model's own."""
+    return _capture_pass(source, model, docs, tokens, block_sizes, prefill_only, **capture_options)[
+        0
+    ]
 
 
 def _capture_pass(
-    wrapper,
+    source: CalibrationSource,
     model,
-    calib: CalibrationRequests,
+    docs: CalibrationDocs,
     tokens: str,
     block_sizes: tuple[int, ...],
     prefill_only: bool = True,
     **capture_options,
 ) -> tuple[LayerStatistics, LayerCapture]:
-    saved = dict(wrapper.task_dict)
-    wrapper.task_dict.update(calib.datasets)
-    requests = calib.for_pass()
     generate = generate_as_prefill(model) if prefill_only else nullcontext()
-    try:
-        with (
-            torch.inference_mode(),
-            generate,
-            LayerCapture(model, tokens=tokens, block_sizes=block_sizes, **capture_options) as cap,
-        ):
-            wrapper.generate_until(requests)
-        stats = cap.statistics()
-    finally:
-        wrapper.task_dict.clear()
-        wrapper.task_dict.update(saved)
-    if stats.samples != len(requests):
+    with (
+        torch.inference_mode(),
+        generate,
+        LayerCapture(model, tokens=tokens, block_sizes=block_sizes, **capture_options) as cap,
+    ):
+        source.run(docs, int(getattr(source, "batch_size", 1)))
+    stats = cap.statistics()
+    if stats.samples != docs.count:
         raise ValueError(
-            f"calibration task {calib.task!r}: the base wrapper {type(wrapper).__name__} ran "
-            f"prefill forwards for {stats.samples} samples of the {len(requests)} requests it "
-            "was given (a wrapper that skips or repeats documents, or hides a failed generate); "
-            "these statistics would not be the task's"
+            f"calibration task {docs.task!r}: {source.harness} ran prefill forwards for "
+            f"{stats.samples} samples of the {docs.count} documents it was given (a harness "
+            "model that skips or repeats documents, or hides a failed generate); these "
+            "statistics would not be the task's"
         )
     return all_reduce(stats), cap
 
@@ -342,7 +335,7 @@ class DomainCalibration:
 
 
 class Calibrator:
-    """Calibrates a wrapper's model on the config's lmms-eval tasks: one prefill pass per domain.
+    """Calibrates a model through a harness on the config's tasks: one prefill pass per domain.
 
     Results are kept in memory and in the on-disk cache under a key made of the run (model,
     wrapper, its arguments, dtype, processor), the task and its content fingerprint, ``limit``,
@@ -356,63 +349,44 @@ class Calibrator:
     are samples x vocabulary floats) and run again when a later process needs them.
     """
 
-    def __init__(self, wrapper, model: torch.nn.Module, config: CalibrationConfig, run_key: str):
-        self.wrapper, self.model, self.config = wrapper, model, config
+    def __init__(
+        self,
+        source: CalibrationSource,
+        model: torch.nn.Module,
+        config: CalibrationConfig,
+        run_key: str,
+    ):
+        self.source, self.model, self.config = source, model, config
         self.cache = config.cache()
         self.run_key = run_key
         self.forwards = 0
         self._done: dict[tuple[str, tuple[int, ...]], DomainCalibration] = {}
         self._reference: dict[str, AnswerReference] = {}
-        self._task_manager = None
-        self._task_key: dict[str, str] = {}
-        self._requests: dict[str, CalibrationRequests] = {}
-
-    def _manager(self, task: str):
-        """A TaskManager that knows ``task``: our folders alone index in milliseconds, all of
-        lmms-eval's tasks take seconds, so the full index is built only when needed."""
-        from lmms_eval.tasks import TaskManager
-
-        paths = self.config.task_paths
-        if self._task_manager is None:
-            self._task_manager = TaskManager(include_path=paths, include_defaults=False)
-        if resolve_task_name(task) not in self._task_manager.all_tasks:
-            self._task_manager = TaskManager(include_path=paths)
-        return self._task_manager
-
-    def _tasks_fingerprint(self) -> list[str]:
-        if "folders" not in self._task_key:
-            from importlib.metadata import version
-
-            # Our task folders by their files; lmms-eval's own tasks by its version.
-            parts = [folder_fingerprint(p) for p in self.config.task_paths if Path(p).is_dir()]
-            self._task_key["folders"] = key(folders=parts, lmms_eval=version("lmms_eval"))
-        return [self._task_key["folders"]]
+        self._docs: dict[str, CalibrationDocs] = {}
 
     def key(self, domain: str, removed: tuple[int, ...] = ()) -> str:
         """Cache key of a domain's calibration, computed without loading any task."""
         c = self.config
         return key(
-            kind="calibration", run=self.run_key, task=c.sets[domain], limit=c.limit,
-            tokens=c.tokens, tasks=self._tasks_fingerprint(), removed=list(removed),
-        )  # fmt: skip
+            kind="calibration",
+            harness=self.source.harness,
+            run=self.run_key,
+            task=c.sets[domain],
+            limit=c.limit,
+            tokens=c.tokens,
+            tasks=[self.source.data_key()],
+            removed=list(removed),
+        )
 
-    def requests(self, domain: str) -> CalibrationRequests:
-        """The domain's requests, built once per calibrator (every pass over a domain sees the
-        same samples in the same order; :meth:`CalibrationRequests.for_pass` copies them)."""
-        if domain in self._requests:
-            return self._requests[domain]
-        task_type = "simple" if getattr(self.wrapper, "is_simple", True) else "chat"
-        rank, world = process_group()
-        name = self.config.sets[domain]
-        reqs = build_requests(name, self._manager(name), task_type, self.config.limit, rank, world,
-                              param=f"calib_{domain}")  # fmt: skip
-        if world > 1:
-            print(
-                f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of {reqs.total} {domain} samples",
-                file=sys.stderr,
+    def documents(self, domain: str) -> CalibrationDocs:
+        """The domain's documents, built once per calibrator (every pass over a domain sees the
+        same samples in the same order)."""
+        if domain not in self._docs:
+            rank, world = process_group()
+            self._docs[domain] = self.source.documents(
+                self.config.sets[domain], self.config.limit, rank, world, f"calib_{domain}"
             )
-        self._requests[domain] = reqs
-        return reqs
+        return self._docs[domain]
 
     def _cached(self, domain: str, k: str, num_layers: int) -> DomainCalibration | None:
         data = self.cache.get("calibration", k) if self.cache is not None else None
@@ -465,10 +439,11 @@ class Calibrator:
                 options["record_answers"] = True
             elif outputs:
                 options["reference"] = self._answer_reference(domain)
-            reqs = self.requests(domain)
+            docs = self.documents(domain)
             with removal_checks_in(self.cache), decoder_layers_removed(self.model, removed):
-                stats, cap = _capture_pass(self.wrapper, self.model, reqs, self.config.tokens,
-                                           blocks, **options)  # fmt: skip
+                stats, cap = _capture_pass(
+                    self.source, self.model, docs, self.config.tokens, blocks, **options
+                )
             self.forwards += stats.forwards
             if cap.answers is not None:
                 self._reference[domain] = cap.answers
@@ -479,7 +454,7 @@ class Calibrator:
                 )
             rows = tuple(cap.sample_statistics()) if per_sample else ()
             have = DomainCalibration(
-                stats, self.config.sets[domain], reqs.total, reqs.fingerprint, rows
+                stats, self.config.sets[domain], docs.total, docs.fingerprint, rows
             )
             problem = have.problem(num_layers, self.config.sets[domain])
             if problem:

@@ -82,11 +82,13 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class CalibrationIdentity:
-    """Which data the scores came from: set names per domain, sample counts and a content hash."""
+    """Which data the scores came from: the harness that built the model inputs, set names per
+    domain, sample counts and a content hash."""
 
     sets: Mapping[str, str] = field(default_factory=dict)
     samples: Mapping[str, int] = field(default_factory=dict)
     content_hash: str = ""
+    harness: str = "lmms-eval"  # plans written before other harnesses were lmms-eval's
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,9 @@ class PrunePlan:
         from .args import read_small_file
 
         path = Path(path)
-        text = read_small_file("plan", path, "prune plan")  # a folder, /dev/zero or a huge file: refused
+        text = read_small_file(
+            "plan", path, "prune plan"
+        )  # a folder, /dev/zero or a huge file: refused
         try:
             return cls.from_json(text)
         except (json.JSONDecodeError, ValueError, RecursionError) as err:

@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass
 from loguru import logger
 
 from .args import parse_float
+from .cache import key
 from .calibration import CalibrationConfig, Calibrator
 from .criteria import CriterionOptions, Scores, order_scores
 from .distributed import is_main
+from .harnesses.base import CalibrationSource
 from .options import OptionRecord, option
 from .plan import CalibrationIdentity, ModelIdentity, PrunePlan, content_hash
 from .plugins import get_criterion, get_strategy
@@ -223,14 +225,22 @@ def make_plan(
 class Planner:
     """Plans for one loaded model. The only user of :class:`Calibrator`.
 
-    ``run_key`` identifies everything about the run that changes activations (checkpoint,
-    wrapper and its arguments, dtype, processor); it keys the calibration and plan caches.
+    ``source`` is the harness whose inputs calibration measures; ``run_key`` identifies
+    everything about the run that changes activations (checkpoint, wrapper and its arguments,
+    dtype, processor); with the harness it keys the calibration and plan caches.
     """
 
-    def __init__(self, wrapper, model, identity: ModelIdentity, config: CalibrationConfig,
-                 run_key: str) -> None:  # fmt: skip
-        self.identity, self.config, self.run_key = identity, config, run_key
-        self.calibrator = Calibrator(wrapper, model, config, run_key)
+    def __init__(
+        self,
+        source: CalibrationSource,
+        model,
+        identity: ModelIdentity,
+        config: CalibrationConfig,
+        run_key: str,
+    ) -> None:
+        self.identity, self.config = identity, config
+        self.run_key = key(run=run_key, harness=source.harness)
+        self.calibrator = Calibrator(source, model, config, run_key)
         self.cache = self.calibrator.cache
 
     @property
@@ -308,6 +318,7 @@ class Planner:
         """What a plan records about its data: set names, sample counts, content hash."""
         done = {d: self.calibrator.calibrate(d) for d in domains}
         return CalibrationIdentity(
+            harness=self.calibrator.source.harness,
             sets={d: c.task for d, c in done.items()},
             samples={d: c.samples for d, c in done.items()},
             content_hash=content_hash([[d, c.fingerprint] for d, c in sorted(done.items())]),

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from lmms_prune_plugin.calibration import CalibrationConfig, Calibrator
+from lmms_prune_plugin.harnesses.lmms_eval_source import LmmsEvalSource
 from lmms_prune_plugin.testing.tiny import build_tiny_vlm, wrapper_kwargs
 from lmms_prune_plugin.training_data import Example, collate_prompts, prompt_batches
 
@@ -107,7 +108,8 @@ def calibrate(
         include_path=str(folder),
         plan_cache=False,
     )
-    cal = Calibrator(wrapper, wrapper.model, config, run_key="batching")
+    source = LmmsEvalSource(wrapper, config.task_paths)
+    cal = Calibrator(source, wrapper.model, config, run_key="batching")
 
     def keep(module, args, kwargs):
         if masks is not None and kwargs.get("attention_mask") is not None:
@@ -192,13 +194,14 @@ def test_the_prefill_forward_measures_what_generate_measures(wrapper, task_folde
         include_path=str(task_folder),
         plan_cache=False,
     )
-    reqs = Calibrator(wrapper, wrapper.model, config, run_key="batching").requests("math")
+    source = LmmsEvalSource(wrapper, config.task_paths)
+    docs = Calibrator(source, wrapper.model, config, run_key="batching").documents("math")
     got = {}
     for prefill in (True, False):
         stats = run_capture(
-            wrapper,
+            source,
             wrapper.model,
-            reqs,
+            docs,
             block_sizes=(2,),
             prefill_only=prefill,
             record_answers=True,
@@ -213,7 +216,7 @@ def test_the_prefill_forward_measures_what_generate_measures(wrapper, task_folde
 def test_a_wrapper_that_drops_a_request_is_named(wrapper, task_folder, monkeypatch):
     given = wrapper.generate_until
     monkeypatch.setattr(wrapper, "generate_until", lambda reqs: given(reqs[1:]) + [""])
-    with pytest.raises(ValueError, match="for 19 samples of the 20 requests"):
+    with pytest.raises(ValueError, match="for 19 samples of the 20 documents"):
         calibrate(wrapper, task_folder, 4)
 
 

@@ -15,6 +15,7 @@ from lmms_eval.api.model import lmms
 from ..cache import files_fingerprint, key, weights_fingerprint
 from ..checkpoint import check_stored_depth
 from ..distributed import is_main
+from ..harnesses.lmms_eval_source import LmmsEvalSource
 from ..layers import find_decoder_layers
 from ..plan import ModelIdentity, PrunePlan
 from ..planner import Planner
@@ -89,7 +90,8 @@ class PrunedVLM(lmms):
             simple=self.is_simple,
             dtype=str(next(model.parameters()).dtype),
         )
-        self.planner = Planner(self.base, model, self.identity, req.calibration, run_key)
+        source = LmmsEvalSource(self.base, req.calibration.task_paths)
+        self.planner = Planner(source, model, self.identity, req.calibration, run_key)
         self.plan = req.plan_file or self.planner.plan(req.options)
         self.plan.apply_(model, self.identity, req.load.plan_strict)  # checks before cutting
         if req.save_to is not None and is_main():
