@@ -12,7 +12,6 @@ Nothing here imports VLMEvalKit at module level; only :meth:`VLMEvalSource.docum
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -25,14 +24,10 @@ from tqdm import tqdm
 
 from ..cache import FileHashes, key
 from ..calibration import CalibrationConfig
-from ..capture import LayerCapture
-from ..distributed import all_reduce, process_group
+from ..distributed import process_group
 from ..layers import find_decoder_layers
-from ..plan import CalibrationIdentity, ModelIdentity, PrunePlan, content_hash
-from ..planner import PruneOptions, check_options, make_plan, unpruned_plan
-from ..plugins import get_criterion
-from ..stats import LayerStatistics
-from ..strategies import resolve_budget
+from ..plan import ModelIdentity, PrunePlan, content_hash
+from ..planner import PruneOptions
 from .base import CalibrationDocs
 
 HARNESS = "vlmeval"
@@ -70,7 +65,9 @@ def find_hf_model(model: Any, name: str = "model") -> nn.Module:
 @contextmanager
 def one_new_token(hf_model: nn.Module) -> Iterator[None]:
     """Every ``hf_model.generate`` call inside makes one new token (calibration needs only the
-    prefill), whatever generation settings the VLMEvalKit class passes."""
+    prefill), whatever generation settings the VLMEvalKit class passes. Nests: a ``generate``
+    set on the instance before (the core's prefill-only one) is what it calls and restores."""
+    before = vars(hf_model).get("generate")
     original = hf_model.generate
 
     def generate(*args, **kwargs):
@@ -82,7 +79,10 @@ def one_new_token(hf_model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        del hf_model.generate  # the instance attribute; the class method shows again
+        if before is None:
+            del hf_model.generate  # the class's method shows again
+        else:
+            hf_model.generate = before
 
 
 def build_messages(model: Any, dataset: Any, line: Any) -> list[dict]:
@@ -214,76 +214,6 @@ def load_dataset(task: str, param: str) -> Any:
 
 
 # -- planning ---------------------------------------------------------------------------------
-def calibrate(
-    source: VLMEvalSource,
-    model: nn.Module,
-    config: CalibrationConfig,
-    domain: str,
-    block_sizes: tuple[int, ...] = (),
-) -> tuple[LayerStatistics, CalibrationDocs]:
-    """One prefill pass over a domain's calibration set with capture on, summed over ranks."""
-    rank, world = process_group()
-    docs = source.documents(config.sets[domain], config.limit, rank, world, f"calib_{domain}")
-    with LayerCapture(model, tokens=config.tokens, block_sizes=block_sizes) as cap:
-        source.run(docs, 1)
-    stats = all_reduce(cap.statistics())
-    problem = _stats_problem(stats, len(find_decoder_layers(model)))
-    if problem:
-        raise ValueError(
-            f"calib_{domain}={docs.task!r}: calibration gave no usable statistics ({problem})"
-        )
-    return stats, docs
-
-
-def _stats_problem(stats: LayerStatistics, num_layers: int) -> str | None:
-    if stats.num_layers != num_layers:
-        return f"it holds {stats.num_layers} layers, the model has {num_layers}"
-    if stats.tokens <= 0 or stats.samples <= 0:
-        return f"it holds {stats.tokens} tokens of {stats.samples} samples"
-    if not all(math.isfinite(v) for v in stats.cos_sum):
-        return "it holds non-finite sums"
-    return None
-
-
-def plan_once(
-    source: VLMEvalSource,
-    model: nn.Module,
-    identity: ModelIdentity,
-    config: CalibrationConfig,
-    options: PruneOptions,
-) -> PrunePlan:
-    """A plan from one calibration pass per domain (one-shot criteria), without the cache."""
-    n = identity.num_layers
-    check_options(options, n, config.sets)
-    if resolve_budget(options.budget, n) == 0:
-        return unpruned_plan(identity)
-    crit = get_criterion(options.criterion)
-    if crit.adaptive is not None:
-        raise ValueError(
-            f"criterion={options.criterion!r} is not allowed with VLMEvalKit yet: it calibrates "
-            "again as layers go, which needs the core planner to take calibration sources; "
-            "choose a one-shot criterion (math, nonmath, mixed, shortgpt, angular, ...)"
-        )
-    stats: dict[str, LayerStatistics] = {}
-    seen: dict[str, CalibrationDocs] = {}
-    for d in crit.resolve_domains(config.sets):
-        stats[d], seen[d] = calibrate(source, model, config, d, options.block_sizes(n))
-    calibration = CalibrationIdentity(
-        sets={d: config.sets[d] for d in seen},
-        samples={d: docs.total for d, docs in seen.items()},
-        content_hash=content_hash([[d, seen[d].fingerprint] for d in sorted(seen)]),
-    )
-    return make_plan(identity, stats, options, calibration, config.tokens)
-
-
-def core_takes_sources() -> bool:
-    """Whether the core planner calibrates through a CalibrationSource (then it also caches
-    and runs adaptive criteria); until then :func:`plan_once` plans."""
-    from .. import calibration
-
-    return "CalibrationSource" in vars(calibration)
-
-
 def build_plan(
     source: VLMEvalSource,
     model: nn.Module,
@@ -292,12 +222,11 @@ def build_plan(
     options: PruneOptions,
     run_key: str,
 ) -> PrunePlan:
-    """The plan for ``options``, calibrated through ``source``."""
-    if core_takes_sources():
-        from ..planner import Planner
+    """The plan for ``options``, calibrated through ``source`` by the core planner (its checks,
+    plan and calibration caches, one-shot and adaptive criteria)."""
+    from ..planner import Planner
 
-        return Planner(source, model, identity, config, run_key).plan(options)
-    return plan_once(source, model, identity, config, options)
+    return Planner(source, model, identity, config, run_key).plan(options)
 
 
 def describe_removed(plan: PrunePlan) -> str:
