@@ -734,6 +734,7 @@ REPORT_FILES = (
     "leaderboard.md",
     "leaderboard.csv",
     "leaderboard.json",
+    "leaderboard.html",
     "by_budget.md",
     "accuracy_vs_budget.png",
 )
@@ -753,19 +754,20 @@ def _report_regimes(a, board):
 
 
 def cmd_report(a) -> int:
+    """One leaderboard of every input: sweep files (lmms-eval), lm-eval output folders and
+    VLMEvalKit model folders, each told by its content; every input is read and checked
+    before anything is written."""
+    from . import report as rep
+    from .harness_rows import read_source
+    from .leaderboard_html import to_html
     from .plots import accuracy_vs_budget
-    from .report import by_budget, check_rows, leaderboard, to_csv, to_json, to_markdown
-    from .sweep import read_rows
 
-    rows = []
-    for f in a.sweep:
-        path = Path(f)
-        if not path.exists():
-            raise ValueError(f"sweep={f!r}: no such file")
-        rows += read_rows(path)
-    check_rows(rows, a.allow_mixed)
-    board = leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
-    per = _report_regimes(a, board)
+    rows = [row for source in a.sweep for row in read_source(source)]
+    rep.check_rows(rows, a.allow_mixed)
+    board = rep.leaderboard(rows, _csv(a.math_tasks) if a.math_tasks else None)
+    per, notes = rep.series_regimes(board, a.converge, a.bootstrap, a.confidence, a.seed, a.family)
+    for note in notes:
+        print(f"report: {note}", file=sys.stderr)
     out = _out_folder(a.out)
     existing = [n for n in REPORT_FILES if (out / n).exists()]
     if existing and not a.force:
@@ -773,19 +775,20 @@ def cmd_report(a) -> int:
             f"out={str(out)!r} already holds {', '.join(existing)}; pass --force to overwrite"
         )
     out.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(board, per)
+    md = rep.to_markdown(board, per)
     (out / "leaderboard.md").write_text(md)
-    (out / "leaderboard.csv").write_text(to_csv(board))
-    (out / "leaderboard.json").write_text(to_json(board, per))
-    (out / "by_budget.md").write_text(by_budget(board))
+    (out / "leaderboard.csv").write_text(rep.to_csv(board))
+    (out / "leaderboard.json").write_text(rep.to_json(board, per))
+    (out / "by_budget.md").write_text(rep.by_budget(board))
     groups = {
         c: label
         for c, label in (("math_avg", "math tasks"), ("general_avg", "general tasks"))
         if any(r[c] is not None for r in board.records)
     }
-    accuracy_vs_budget(
-        board.records, groups, out / "accuracy_vs_budget.png", "accuracy against layers removed"
-    )
+    caption = "accuracy against layers removed"
+    png = accuracy_vs_budget(board.records, groups, out / "accuracy_vs_budget.png", caption)
+    html = to_html(board, per, {caption: png.read_bytes()})
+    (out / "leaderboard.html").write_text(html, encoding="utf-8")
     print(md)
     print(f"wrote {', '.join(REPORT_FILES)} to {out}")
     return 0
@@ -913,10 +916,16 @@ def _report_parser(sub, common) -> None:
     rp = sub.add_parser(
         "report",
         parents=[common],
-        help="leaderboard (Markdown, CSV, JSON), plots and regime analysis",
+        help="leaderboard (Markdown, CSV, JSON, HTML) of lmms-eval, lm-eval and VLMEvalKit "
+        "results, plots and regime analysis",
     )
     rp.add_argument(
-        "sweep", nargs="+", type=_text("sweep", "a sweep JSONL file"), help="sweep JSONL file(s)"
+        "sweep",
+        nargs="+",
+        type=_text("sweep", "a sweep JSONL file or a results folder"),
+        help="sweep JSONL files (lmms-eval), lm-eval --output_path folders (results_*.json and "
+        "plan.json) and VLMEvalKit model or work folders (*_acc.csv and plan.json), told apart "
+        "by what they hold; all go into one leaderboard with a harness column",
     )
     rp.add_argument("--out", type=_text("out", "a folder"), default="out/report")
     rp.add_argument(

@@ -42,36 +42,69 @@ def layer_profiles(
     return Path(out)
 
 
+#: Marker per harness, so one method's curves from two harnesses share a colour and differ in
+#: their points.
+HARNESS_MARKERS = {"lmms-eval": "o", "lm-eval": "s", "vlmeval": "^"}
+
+
+def _series_of(rec: Mapping) -> tuple[str, str, str]:
+    return rec["model"], rec.get("harness", "lmms-eval"), rec.get("engine", "hf")
+
+
+def _curve_label(key: tuple[str, str, str], every: set, method: str) -> str:
+    """The method, with whatever tells its series apart from the board's other series."""
+    parts = [v for i, v in enumerate(key) if len({k[i] for k in every}) > 1]
+    return f"{method} [{', '.join(parts)}]" if parts else method
+
+
+def _draw_curves(ax, records: Sequence[Mapping], col: str, colors: Mapping[str, tuple]) -> None:
+    """One line per (series, method) of one panel, starting at its own series' unpruned model,
+    with the bootstrap band where the records have intervals."""
+    every = {_series_of(r) for r in records}
+    for key in sorted(every):
+        mine = [r for r in records if _series_of(r) == key]
+        base = [r for r in mine if r["budget"] == 0][:1]
+        for m in sorted({r["method"] for r in mine if r["budget"] != 0}):
+            recs = sorted((r for r in mine if r["method"] == m), key=lambda r: r["budget"])
+            pts = [(r["budget"], r[col]) for r in base + recs if r[col] is not None]
+            if not pts:
+                continue
+            style = "--" if any(r.get("spacing_aware") for r in recs) else "-"
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                style,
+                marker=HARNESS_MARKERS.get(key[1], "D"),
+                ms=3.5,
+                label=_curve_label(key, every, m),
+                color=colors[m],
+            )
+            band = [(r["budget"], *r[f"{col}_ci"]) for r in base + recs if r.get(f"{col}_ci")]
+            if band:  # the bootstrap interval of each point
+                ax.fill_between(
+                    [p[0] for p in band],
+                    [p[1] for p in band],
+                    [p[2] for p in band],
+                    color=colors[m],
+                    alpha=0.1,
+                    linewidth=0,
+                )
+
+
 def accuracy_vs_budget(
     records: Sequence[Mapping], groups: Mapping[str, str], out: str | Path, title: str = ""
 ) -> Path:
-    """One panel per task group (``{column: label}``), one line per method; the unpruned model is
-    budget 0 of every line. Records with ``{column}_ci`` intervals get a shaded band."""
+    """One panel per task group (``{column: label}``), one line per method of each series
+    (model, harness, engine); a series' unpruned model is budget 0 of its lines. A method has
+    one colour across series, each harness its own marker. Records with ``{column}_ci``
+    intervals get a shaded band."""
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.6), squeeze=False)
-    base = {r["model"]: r for r in records if r["budget"] == 0}
     methods = sorted({r["method"] for r in records if r["budget"] != 0})
-    # Ten default colours repeat past ten methods; tab20 keeps a dozen or so apart.
-    palette = plt.get_cmap("tab20").colors
+    # tab10's colours are far apart; past ten methods tab20 keeps a dozen or so apart.
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors
     colors = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
-    spaced = {r["method"]: bool(r.get("spacing_aware")) for r in records}  # dashed lines
     for ax, (col, label) in zip(axes[0], groups.items(), strict=True):
-        for m in methods:
-            pts = sorted(
-                (r["budget"], r[col]) for r in records if r["method"] == m and r[col] is not None
-            )
-            pts = [(0, b[col]) for b in base.values() if b[col] is not None][:1] + pts
-            style = "--" if spaced[m] else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3.5, label=m,
-                    color=colors[m])  # fmt: skip
-            band = sorted(
-                (r["budget"], *r[f"{col}_ci"])
-                for r in records
-                if r["method"] == m and r.get(f"{col}_ci")
-            )
-            band = [(0, *b[f"{col}_ci"]) for b in base.values() if b.get(f"{col}_ci")][:1] + band
-            if band:  # the bootstrap interval of each point
-                ax.fill_between([p[0] for p in band], [p[1] for p in band], [p[2] for p in band],
-                                color=colors[m], alpha=0.1, linewidth=0)  # fmt: skip
+        _draw_curves(ax, records, col, colors)
         ax.set_title(label)
         ax.set_xlabel("layers removed (budget)")
         ax.set_ylabel("accuracy (%)")
@@ -101,8 +134,10 @@ def plan_stability(
     for r, row in enumerate(data):
         for c, v in enumerate(row):
             if v > 0:
-                ax.text(c, r, f"{v:.2f}".lstrip("0"), ha="center", va="center", fontsize=7,
-                        color="white" if v > 0.6 else "black")  # fmt: skip
+                color = "white" if v > 0.6 else "black"
+                ax.text(
+                    c, r, f"{v:.2f}".lstrip("0"), ha="center", va="center", fontsize=7, color=color
+                )
     ax.set_yticks(range(len(names)), [f"{c} (J={agreement[c]:.2f})" for c in names])
     ax.set_xticks(range(n))
     ax.set_xlabel("decoder layer")
