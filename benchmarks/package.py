@@ -21,7 +21,9 @@ WHERE: dict[str, str] = {
     "save_tiny_vlm": "lmms_prune_plugin.testing",
     "wrapper_kwargs": "lmms_prune_plugin.testing",
     "CalibrationConfig": "lmms_prune_plugin.calibration",
+    "build_requests": "lmms_prune_plugin.requests",
     "Planner": "lmms_prune_plugin.planner",
+    "LmmsEvalSource": "lmms_prune_plugin.harnesses.lmms_eval_source",
     "PruneOptions": "lmms_prune_plugin.planner",
     "ModelIdentity": "lmms_prune_plugin.plan",
     "get_criterion": "lmms_prune_plugin.plugins",
@@ -34,6 +36,13 @@ WHERE: dict[str, str] = {
     "pick_wrapper": "lmms_prune_plugin.models.base",
     "read_config": "lmms_prune_plugin.models.base",
     "plan_removal": "lmms_prune_plugin.layers",
+    "forget_removal_checks": "lmms_prune_plugin.layers",
+    "removal_checks_in": "lmms_prune_plugin.layers",
+    # Healing's data preparation (part 6).
+    "HealOptions": "lmms_prune_plugin.heal",
+    "add_continuations_": "lmms_prune_plugin.heal",
+    "training_data_for": "lmms_prune_plugin.heal",
+    "wrapper_tokenizer": "lmms_prune_plugin.training_data",
 }
 
 

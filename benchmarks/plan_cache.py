@@ -6,7 +6,9 @@ shows where any extra time goes.
 
 Setting up: a first ``pruned_vlm`` load calibrates and stores the statistics and the plan, as
 ``pruned_vlm`` builds its own (see :mod:`benchmarks.tiny_vlm`), so the first ``pruned_vlm`` load
-only makes and stores the plan; every later load finds the plan.
+only makes and stores the plan; every later load finds the plan. Each timed load first forgets
+the removal checks remembered in the process, so, like a new lmms-eval process, it reads the
+check's verdict from the cache folder.
 """
 
 from __future__ import annotations
@@ -114,10 +116,27 @@ def direct_timers(
     (median of 5, each after one untimed call)."""
     out: dict[str, float] = {}
     steps: dict[str, Any] = {}
-    from .package import plan_removal, weights_fingerprint
+    from .package import (
+        forget_removal_checks,
+        plan_removal,
+        removal_checks_in,
+        weights_fingerprint,
+    )
 
-    # The check against the class rebuilt on the meta device: the one step of any size.
-    steps["plan_removal (removal check)"] = lambda: plan_removal(model, removed)
+    # The check against the class rebuilt on the meta device, as a first load pays it, and as
+    # every later load does: its verdict read from the cache folder (a new process) or memory.
+    def unchecked():
+        forget_removal_checks()
+        with removal_checks_in(None):
+            return plan_removal(model, removed)
+
+    def from_disk():
+        forget_removal_checks()
+        return plan_removal(model, removed)
+
+    steps["plan_removal, verdict not remembered (the check itself)"] = unchecked
+    steps["plan_removal, verdict from the cache folder (a new process)"] = from_disk
+    steps["plan_removal, verdict remembered in the process"] = lambda: plan_removal(model, removed)
 
     steps["weights_fingerprint"] = lambda: weights_fingerprint(str(checkpoint))
     from .package import TASKS_DIR, files_fingerprint, folder_fingerprint, pick_wrapper, read_config
@@ -161,7 +180,7 @@ def run(
 ) -> dict[str, Any]:
     import lmms_eval.models
 
-    from .package import PrunedVLM, save_tiny_vlm, wrapper_kwargs
+    from .package import PrunedVLM, forget_removal_checks, save_tiny_vlm, wrapper_kwargs
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -183,6 +202,8 @@ def run(
             return plain_cls(pretrained=str(ckpt), **wkw)
 
         def cached():
+            # As a new process would: the removal check's verdict comes from the cache folder.
+            forget_removal_checks()
             lm = PrunedVLM(**kwargs)
             forwards.append(lm.calibration_forwards)
             return lm

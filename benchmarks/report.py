@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -96,6 +100,28 @@ def ratio_list(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "at_most": True,
             }
         )
+    return out + _end_to_end_ratios(res)
+
+
+def _end_to_end_ratios(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parts 5 and 6 (absent from runs made before they existed)."""
+    out = []
+    ce = res.get("calibration_e2e")
+    if ce:
+        for m in ce["models"]:
+            for r in m["rows"]:
+                out.append(
+                    {
+                        "key": f"calibration e2e / bound, {m['name']}, batch {r['batch_size']}",
+                        "est": r["ratio"],
+                        "limit": ce["target"]["max_ratio"],
+                        "at_most": True,
+                    }
+                )
+    hp = res.get("heal_prep")
+    if hp:
+        key = f"teacher answers one at a time / batch {hp['batch_size']}"
+        out.append({"key": key, "est": hp["speedup"]})
     return out
 
 
@@ -199,7 +225,31 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 "verdict": "met" if sw["target"]["met"] else "missed",
             }
         )
+    ce = res.get("calibration_e2e")
+    if ce:
+        out.append(_e2e_target(ce))
     return out
+
+
+def _e2e_target(ce: dict[str, Any]) -> dict[str, Any]:
+    t = ce["target"]
+
+    def value(clock: str) -> str:
+        return "; ".join(
+            f"{m['name']}, batch {r['batch_size']}: {ci(r['ratio'][clock])}"
+            for m in ce["models"]
+            for r in m["rows"]
+        )
+
+    return {
+        "target": f"calibration through pruned_vlm <= {t['max_ratio']:.2f}x the processor and "
+        "one batched forward (every model and batch size)",
+        "clock": t["clock"],
+        "value": value(t["clock"]),
+        "wall_value": value("wall"),
+        "verdict": t["verdict"][t["clock"]],
+        "wall_verdict": t["verdict"]["wall"],
+    }
 
 
 def targets_table(res: dict[str, Any]) -> list[str]:
@@ -478,6 +528,191 @@ def _sweep(sw: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _calibration_e2e(ce: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 5. Calibration end to end",
+        "",
+        "*e2e*: one calibration pass of `pruned_vlm` built with `batch_size` (lmms-eval's "
+        "`--batch_size`): the task's requests, the base wrapper's `generate_until` (its chat "
+        "template, image handling and processor, as many documents a call as its batch size), "
+        "the capture hooks and the statistics. *bound*: the same documents in the same batches "
+        "through the processor (chat template, one processor call a batch) and one batched "
+        "forward of the model inside `LayerCapture`, no harness. Docs/s at the median time of "
+        "each variant; the ratio is the median of the per-round ratios e2e / bound.",
+        "",
+    ]
+    rows = []
+    for m in ce["models"]:
+        for r in m["rows"]:
+            d, w = r["docs_per_s"], r["work"]
+            rows.append(
+                [
+                    f"{m['name']} ({m['model']['num_layers']} layers, hidden {m['model']['hidden_size']})",
+                    str(r["batch_size"]),
+                    str(r["docs"]),
+                    _f(d["e2e"]["cpu"], 1),
+                    _f(d["bound"]["cpu"], 1),
+                    _f(d["e2e"]["wall"], 1),
+                    _f(d["bound"]["wall"], 1),
+                    ci(r["ratio"]["cpu"]),
+                    ci(r["ratio"]["wall"]),
+                    f"{_yes(w['ok'])} ({w['tokens'][0]} tokens, {w['forwards'][0]} forwards)",
+                ]
+            )
+    lines += _table(
+        [
+            "model",
+            "batch",
+            "docs",
+            "e2e docs/s (CPU)",
+            "bound docs/s (CPU)",
+            "e2e docs/s (wall)",
+            "bound docs/s (wall)",
+            "e2e / bound, CPU",
+            "e2e / bound, wall",
+            "same tokens and forwards",
+        ],
+        rows,
+    )
+    lines += [
+        "Rounds: " + "; ".join(f"{m['name']}: {_timing(m['time'])}" for m in ce["models"]) + ".",
+        "",
+    ]
+    return lines
+
+
+def _heal_prep(hp: dict[str, Any]) -> list[str]:
+    rate = hp["prompts_per_s"]
+    lines = [
+        "## 6. Teacher answers for healing",
+        "",
+        f"`add_continuations_` on the demo model ({hp['model']['class']}, {hp['model']['dtype']}): "
+        f"greedy continuations of {hp['new_tokens']} tokens for {hp['prompts']} `{hp['task']}` "
+        f"prompts as its base wrapper builds them; one prompt a `generate` call vs. "
+        f"{hp['batch_size']} left-padded prompts a call. Identical answers: "
+        f"{hp['identical_answers']} of {hp['prompts']}.",
+        "",
+    ]
+    lines += _table(
+        ["how", "prompts/s (CPU)", "prompts/s (wall)"],
+        [
+            [
+                "one prompt at a time",
+                _f(rate["one_at_a_time"]["cpu"], 1),
+                _f(rate["one_at_a_time"]["wall"], 1),
+            ],
+            [
+                f"batches of {hp['batch_size']}",
+                _f(rate["batched"]["cpu"], 1),
+                _f(rate["batched"]["wall"], 1),
+            ],
+        ],
+    )
+    lines += [
+        f"Speed-up (one at a time / batched): CPU {ci(hp['speedup']['cpu'])}, wall "
+        f"{ci(hp['speedup']['wall'])} ({_timing(hp['time'])}).",
+        "",
+    ]
+    return lines
+
+
+VLLM_ROW_FIELDS = (
+    "layers",
+    "removed",
+    "batch",
+    "decode_ms_per_token_unpruned",
+    "decode_ms_per_token_pruned",
+    "speedup",
+    "target",
+    "whole_model_ideal",
+    "met",
+)
+
+
+def load_vllm(path: str | Path) -> dict[str, Any]:
+    """The results of ``benchmarks.vllm_speedup`` (run in the vLLM environment), checked, with
+    the file they came from."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"vllm={str(path)!r} is not a readable vLLM results file: {err}") from err
+    missing = [k for k in ("date", "machine", "rows") if k not in data]
+    missing += sorted({f for r in data.get("rows", []) for f in VLLM_ROW_FIELDS if f not in r})
+    if missing:
+        raise ValueError(
+            f"vllm={str(path)!r} is not written by benchmarks.vllm_speedup: it lacks {missing}"
+        )
+    try:
+        shown = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = path
+    return {"file": str(shown), **data}
+
+
+def _speedup_cell(value: Any) -> str:
+    """A speed-up from vllm_speedup: an estimate with its interval, or a bare number (files
+    written before it had rounds)."""
+    if isinstance(value, dict):
+        return ci(value, 2)
+    return f"{_f(value, 2)}x [no interval: median of repetitions]"
+
+
+def _transformers_at(pr: dict[str, Any] | None, layers: int, removed: int) -> str:
+    """This run's transformers decode speed-up at the same share of layers removed, if any."""
+    if not pr:
+        return "-"
+    L = pr["model"]["num_layers"]
+    for r in pr["decode"]["rows"]:
+        if r["k"] and r["k"] * layers == removed * L:
+            return f"{ci(r['speedup']['cpu'], 2)} at k = {r['k']} of {L}"
+    return f"- (no k of {L} removes {removed} / {layers})"
+
+
+def _vllm(v: dict[str, Any], pr: dict[str, Any] | None) -> list[str]:
+    m = v["machine"]
+    rows = [
+        [
+            f"{r['removed']} of {r['layers']}",
+            str(r["batch"]),
+            f"{_f(r['decode_ms_per_token_unpruned'], 1)} -> {_f(r['decode_ms_per_token_pruned'], 1)}",
+            _speedup_cell(r["speedup"]),
+            _x(r["target"], 2),
+            _x(r["whole_model_ideal"], 2),
+            _yes(r["met"]),
+            _transformers_at(pr, r["layers"], r["removed"]),
+        ]
+        for r in v["rows"]
+    ]
+    lines = [
+        "### Decode in vLLM, beside transformers",
+        "",
+        f"From `{v['file']}`, the run it came from: {v['date']}, vLLM {m.get('vllm', '?')}, "
+        f"torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}, {m.get('cpu', '?')}, "
+        f"{m.get('cores', '?')} cores (`python -m benchmarks.vllm_speedup` in the vLLM environment; "
+        "not this run). A random Qwen2 causal LM with vLLM's dummy weights, L - k layers, "
+        f"{v.get('new_tokens', '?')} new tokens after {v.get('prompt_len', '?')}-token prompts, "
+        "greedy; per-step decode = (time for N tokens - time for 1) / (N - 1), wall clock (the "
+        "engine runs in its own process). The last column is this run's transformers `generate` "
+        "at the same share of layers removed.",
+        "",
+    ]
+    lines += _table(
+        [
+            "k of L",
+            "batch",
+            "decode ms/step unpruned -> pruned",
+            "speed-up in vLLM",
+            "target 0.9 L/(L-k)",
+            "whole-model ideal",
+            "met",
+            "transformers `generate`, this run",
+        ],
+        rows,
+    )
+    return lines
+
+
 def render(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [
@@ -515,9 +750,37 @@ def render(res: dict[str, Any]) -> str:
     for key, fn in (
         ("calibration_cost", _calibration),
         ("pruning_speedup", _pruning),
+        ("vllm_speedup", lambda v: _vllm(v, res.get("pruning_speedup"))),
         ("plan_cache", _plan_cache),
         ("sweep", _sweep),
+        ("calibration_e2e", _calibration_e2e),
+        ("heal_prep", _heal_prep),
     ):
         if res.get(key):
             lines += fn(res[key])
     return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render a ``results.json`` again, with the vLLM speed-up from its own file beside it."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json of benchmarks.run")
+    parser.add_argument("--vllm", type=Path, help="vllm_speedup.json of benchmarks.vllm_speedup")
+    parser.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    a = parser.parse_args(argv)
+    if a.out.exists() and not (a.force and a.out.suffix == ".md"):
+        raise SystemExit(
+            f"--out={str(a.out)!r} is not allowed: it exists; give a new file, or --force to "
+            "replace a .md file"
+        )
+    res = json.loads(a.results.read_text())
+    if a.vllm is not None:
+        res["vllm_speedup"] = load_vllm(a.vllm)
+    a.out.write_text(render(res))
+    print(f"wrote {a.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run            # full run, about 10 minutes on 2 cores
-    python -m benchmarks.run --quick    # tiny models, about half a minute
+    python -m benchmarks.run            # full run, about 14 minutes on 2 cores
+    python -m benchmarks.run --quick    # tiny models, about a minute
     python -m benchmarks.run --only calibration_cost pruning_speedup --out /tmp/bench
 """
 
@@ -36,9 +36,17 @@ from .common import (  # noqa: E402
     steal_seconds,
 )
 
-SECTIONS = ("calibration_cost", "pruning_speedup", "plan_cache", "sweep")
+SECTIONS = (
+    "calibration_cost",
+    "pruning_speedup",
+    "plan_cache",
+    "sweep",
+    "calibration_e2e",
+    "heal_prep",
+)
 CRITERIA = ("math", "nonmath", "mixed", "mixed_rank", "shortgpt", "angular", "last", "random")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+DEFAULT_VLLM = DEFAULT_OUT / "vllm" / "vllm_speedup.json"  # benchmarks.vllm_speedup's own run
 
 
 @dataclass(frozen=True)
@@ -67,9 +75,23 @@ class Config:
     sweep_budgets: tuple[int, ...] = (1, 2, 3, 4, 5)
     sweep_layers: int = 6
     sweep_calib_limit: int = 8
+    # Part 5: calibration through pruned_vlm vs. the processor and one batched forward, on the
+    # demo model and on a tiny model of the same architecture but wide (a forward that costs).
+    e2e_models: tuple[str, ...] = ("demo", "wide")
+    e2e_batch_sizes: tuple[int, ...] = (1, 16)
+    e2e_docs: int = 32
+    e2e_wide_layers: int = 4
+    e2e_wide_hidden: int = 1024
+    # Each model's cap; e2e at batch 1 runs 32 documents one by one, a round takes seconds.
+    e2e_plan: Adaptive = Adaptive(min_rounds=6, max_rounds=40, cap_s=75.0)
+    # Part 6: the teacher's answers for healing (demo model, prune_train prompts).
+    heal_prompts: int = 32
+    heal_new_tokens: int = 8
+    heal_batch_size: int = 16
+    heal_plan: Adaptive = Adaptive(min_rounds=6, max_rounds=40, cap_s=45.0)
 
 
-# The full run: about 10 minutes on 2 cores. Each cap is the timed part's budget in seconds; a
+# The full run: about 14 minutes on 2 cores (parts 5 and 6: about 4). Each cap is the timed part's budget in seconds; a
 # part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
 # target is 1.02). A median needs 6 rounds for any 95% interval (benchmarks/stats.py), so every
 # one-stage ratio gets at least 6; the speed-ups' unit is the allocation, 5 of them (Student's t
@@ -111,7 +133,7 @@ _TINY = DecoderSpec(
     num_layers=4,
     vocab_size=1000,
 )
-# A developer's check of a change: same code paths, tiny models, a few rounds (well under 1 min);
+# A developer's check of a change: same code paths, tiny models, a few rounds (about 1 min);
 # its verdicts judge nothing (printed as such).
 QUICK = Config(
     mode="quick",
@@ -133,6 +155,15 @@ QUICK = Config(
     cache_profile_n=1,
     cache_time_task_manager=False,
     sweep_calib_limit=2,
+    e2e_batch_sizes=(1, 4),
+    e2e_docs=8,
+    e2e_wide_layers=2,
+    e2e_wide_hidden=256,
+    e2e_plan=Adaptive(min_rounds=6, max_rounds=12, cap_s=4.0),
+    heal_prompts=8,
+    heal_new_tokens=4,
+    heal_batch_size=4,
+    heal_plan=Adaptive(min_rounds=6, max_rounds=12, cap_s=3.0),
 )
 
 
@@ -174,7 +205,7 @@ def _preload(sections: tuple[str, ...]) -> None:
 
     from .package import LayerCapture  # noqa: F401
 
-    if "plan_cache" in sections or "sweep" in sections:
+    if {"plan_cache", "sweep", "calibration_e2e", "heal_prep"} & set(sections):
         import lmms_eval.models  # noqa: F401
 
         from .package import PrunedVLM  # noqa: F401
@@ -214,11 +245,49 @@ def _run_section(name: str, cfg: Config, probe) -> dict[str, Any]:
             cfg.cache_profile_n,
             cfg.cache_time_task_manager,
         )
-    from . import sweep_passes
+    if name == "sweep":
+        from . import sweep_passes
 
-    return sweep_passes.run(
-        cfg.sweep_criteria, cfg.sweep_budgets, cfg.sweep_layers, cfg.sweep_calib_limit
-    )
+        return sweep_passes.run(
+            cfg.sweep_criteria, cfg.sweep_budgets, cfg.sweep_layers, cfg.sweep_calib_limit
+        )
+    return _run_end_to_end_parts(name, cfg)
+
+
+def _run_end_to_end_parts(name: str, cfg: Config) -> dict[str, Any]:
+    """Parts 5 and 6: calibration and the teacher's answers for healing, end to end."""
+    if name == "calibration_e2e":
+        from . import calibration_e2e
+
+        return calibration_e2e.run(
+            cfg.e2e_models,
+            cfg.e2e_batch_sizes,
+            cfg.e2e_docs,
+            cfg.e2e_wide_layers,
+            cfg.e2e_wide_hidden,
+            cfg.e2e_plan,
+        )
+    from . import heal_prep
+
+    return heal_prep.run(cfg.heal_prompts, cfg.heal_new_tokens, cfg.heal_batch_size, cfg.heal_plan)
+
+
+def _vllm_results(path: str) -> dict[str, Any] | None:
+    """The vLLM speed-up results to show (from their own run), or None: ``none``, or the default
+    file absent (said so). A file given that is missing or not such results is an error."""
+    from .report import load_vllm
+
+    if path.strip().lower() == "none":
+        return None
+    if not Path(path).exists():
+        if Path(path) == DEFAULT_VLLM:
+            log(f"no vLLM results at {path}: results.md shows no vLLM rows")
+            return None
+        raise SystemExit(f"--vllm={path!r} is not allowed: no such file (or give none)")
+    try:
+        return load_vllm(path)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
 
 
 def _quiet_libraries() -> None:
@@ -260,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="seed of the shuffled round orders (default: a new one per run, recorded)",
     )
+    parser.add_argument(
+        "--vllm",
+        default=str(DEFAULT_VLLM),
+        help="vllm_speedup.json to show beside the transformers speed-ups (none: leave out)",
+    )
     args = parser.parse_args(argv)
+    vllm = _vllm_results(args.vllm)  # a bad file is named before anything runs
     start = time.perf_counter()
     seed = args.seed if args.seed is not None else time.time_ns() % 2**31
     seed_runs(seed)
@@ -295,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .report import render, targets
 
+    if vllm is not None:
+        results["vllm_speedup"] = vllm
     results["targets"] = targets(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
     (args.out / "results.md").write_text(render(results))

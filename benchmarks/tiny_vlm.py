@@ -23,8 +23,9 @@ def calibration_args(limit: int) -> dict[str, Any]:
 def planner(wrapper, checkpoint: Path, limit: int):
     """A ``Planner`` on the wrapper's model with the test suite's calibration tasks, no disk cache
     (every forward a sweep needs is run and counted)."""
-    from .package import CalibrationConfig, ModelIdentity, Planner
+    from .package import CalibrationConfig, LmmsEvalSource, ModelIdentity, Planner
 
     config = CalibrationConfig.parse(**calibration_args(limit), plan_cache=False)
     identity = ModelIdentity.of(wrapper.model, str(checkpoint), None)
-    return Planner(wrapper, wrapper.model, identity, config, run_key=str(checkpoint))
+    source = LmmsEvalSource(wrapper, config.task_paths)
+    return Planner(source, wrapper.model, identity, config, run_key=str(checkpoint))
