@@ -461,19 +461,6 @@ def cmd_export(a) -> int:
 
 
 # -- heal -----------------------------------------------------------------------------------
-HEAL_FLAGS = {  # flag -> HealOptions field; defaults are HealOptions' own
-    "objective": "objective",
-    "data": "data",
-    "data_limit": "limit",
-    "rank": "rank",
-    "lora_alpha": "alpha",
-    "target_modules": "target_modules",
-    "lr": "lr",
-    "steps": "steps",
-    "batch_size": "batch_size",
-    "heal_seed": "seed",
-    "continuation_tokens": "continuation_tokens",
-}
 HEAL_OWN = {
     "plan": "give --plan {value} instead",
     "save_plan": "the healed export holds its plan.json",
@@ -482,60 +469,21 @@ HEAL_OWN = {
 
 
 def _heal_args(p: argparse.ArgumentParser) -> None:
-    from .heal import OBJECTIVES, HealOptions
+    from .heal import HealOptions
 
-    d = HealOptions()
-    g = p.add_argument_group("healing (LoRA on the kept layers; see docs/healing.md)")
-    g.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        help="distill (default: KL to the unpruned model) or sft (task targets)",
-    )
-    g.add_argument(
-        "--data",
-        type=_items("data", "lmms-eval task names"),
-        help=f"lmms-eval task(s) to train on, comma list (default: {','.join(d.data)})",
-    )
-    g.add_argument(
-        "--data_limit",
-        type=_text("data_limit", "a count or none"),
-        help=f"samples per data task, or none (default: {d.limit})",
-    )
-    g.add_argument("--rank", type=int, help=f"LoRA rank (default: {d.rank})")
-    g.add_argument(
-        "--lora_alpha", type=float, help=f"LoRA alpha, scale = alpha / rank (default: {d.alpha})"
-    )
-    g.add_argument(
-        "--target_modules",
-        type=_items("target_modules", "linear module names"),
-        help=f"linear modules to adapt (default: {','.join(d.target_modules)})",
-    )
-    g.add_argument("--lr", type=float, help=f"default: {d.lr}")
-    g.add_argument("--steps", type=int, help=f"default: {d.steps}")
-    g.add_argument("--batch_size", type=int, help=f"samples per step and process ({d.batch_size})")
-    g.add_argument("--heal_seed", type=int, help=f"adapter init and data order ({d.seed})")
-    g.add_argument(
-        "--continuation_tokens",
-        type=int,
-        help=f"teacher tokens distilled after each prompt ({d.continuation_tokens})",
-    )
+    HealOptions.add_flags(p)
 
 
 def _heal_given(a) -> dict:
-    return {flag: getattr(a, flag) for flag in HEAL_FLAGS if getattr(a, flag) is not None}
+    from .heal import HealOptions
+
+    return HealOptions.given(a)
 
 
 def _heal_options(a):
-    from .args import parse_int
     from .heal import HealOptions
 
-    kwargs = {HEAL_FLAGS[flag]: value for flag, value in _heal_given(a).items()}
-    for name in ("data", "target_modules"):
-        if name in kwargs:
-            kwargs[name] = tuple(_csv(kwargs[name]))
-    if "limit" in kwargs:
-        kwargs["limit"] = parse_int("data_limit", kwargs["limit"], minimum=1, allow_none=True)
-    return HealOptions(**kwargs)
+    return HealOptions.parse(**_heal_given(a))
 
 
 def _check_data_tasks(tasks: Sequence[str], paths: Sequence[str]) -> None:
@@ -654,10 +602,12 @@ def _sweep_checks(a, tasks: list[str]):
     default = "sweep loads the unpruned model and plans every cell; give --{key} {value} instead"
     _refuse_model_args(_model_args(a), "sweep", SWEEP_OWN, default)
     if not a.heal and _heal_given(a):
-        flag = next(iter(_heal_given(a)))
+        from .heal import HealOptions
+
+        name, value = next(iter(_heal_given(a).items()))
         raise ValueError(
-            f"--{flag}={getattr(a, flag)!r} is not allowed without --heal: nothing is healed; "
-            "add --heal or remove it"
+            f"--{HealOptions.flag_name(name)}={value} is not allowed without --heal: nothing "
+            "is healed; add --heal or remove it"
         )
     if a.heal and a.engine != "hf":
         raise ValueError(

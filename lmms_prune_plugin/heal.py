@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .distributed import is_main
 from .layers import decoder_layers_removed, find_decoder_layers
+from .options import OptionRecord, option
 from .plan import PrunePlan
 from .training_data import Example, TrainingData, collate, collate_prompts, prompt_batches
 
@@ -32,20 +33,25 @@ DEFAULT_DATA = ("prune_train",)
 
 
 @dataclass(frozen=True)
-class HealOptions:
+class HealOptions(OptionRecord):
     """What healing trains, on what, and how long. Validated on construction."""
 
-    objective: str = "distill"
-    data: tuple[str, ...] = DEFAULT_DATA
-    limit: int | None = 2048  # samples per data task (over all ranks); None: all
-    rank: int = 8
-    alpha: float = 16.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    lr: float = 2e-3
-    steps: int = 300
-    batch_size: int = 16
-    seed: int = 0
-    continuation_tokens: int = 8  # teacher-generated tokens distilled after the prompt
+    title = "healing (LoRA on the kept layers; see docs/healing.md)"
+    objective: str = option(
+        "distill", "distill: KL to the unpruned model; sft: task targets", choices=OBJECTIVES
+    )
+    data: tuple[str, ...] = option(DEFAULT_DATA, "lmms-eval task(s) to train on, comma list")
+    limit: int | None = option(
+        2048, "samples per data task (over all ranks), or none", minimum=1, flag="data_limit"
+    )
+    rank: int = option(8, "LoRA rank")
+    alpha: float = option(16.0, "LoRA alpha, scale = alpha / rank", flag="lora_alpha")
+    target_modules: tuple[str, ...] = option(DEFAULT_TARGETS, "linear modules to adapt, comma list")
+    lr: float = option(2e-3, "peak learning rate")
+    steps: int = option(300, "optimizer steps")
+    batch_size: int = option(16, "samples per step and process")
+    seed: int = option(0, "adapter init and data order", flag="heal_seed")
+    continuation_tokens: int = option(8, "teacher tokens distilled after each prompt")
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -96,7 +96,8 @@ def _in_range(name: str, value: float, meta: dict) -> None:
 
 def parse_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     """One field's value from what a user typed, by its declared type and metadata."""
-    meta, name = f.metadata, f.name
+    meta = f.metadata
+    name = meta["flag"] or f.name  # what the user typed
     reject_empty(name, value)
     base, optional = _base_type(tp)
     if (optional or meta["none"]) and is_none(value):
@@ -125,10 +126,15 @@ def parse_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     return out
 
 
-def _not_empty(name: str) -> Callable[[str], str]:
+def _flag_type(name: str, is_list: bool) -> Callable[[str], str]:
+    """What argparse can refuse at once (an empty value, an empty list item), naming the flag;
+    the rest is parsed with the record, as model_args are."""
+
     def check(value: str) -> str:
         try:
             reject_empty(name, value)
+            if is_list:
+                parse_list(name, value)
         except ValueError as err:
             raise argparse.ArgumentTypeError(str(err)) from None
         return value
@@ -152,6 +158,11 @@ class OptionRecord:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in cls.fields())
+
+    @classmethod
+    def flag_name(cls, name: str) -> str:
+        """The CLI flag (without ``--``) of field ``name``."""
+        return next(f.metadata["flag"] or f.name for f in cls.fields() if f.name == name)
 
     @classmethod
     def parse(cls: type[R], **raw: Any) -> R:
@@ -182,25 +193,30 @@ class OptionRecord:
             listed = choices() if callable(choices) else choices
             extra = f" (one of: {', '.join(listed)})" if listed else ""
             shown = defaults.get(f.name, f.default)
+            flag = f.metadata["flag"] or f.name
             group.add_argument(
-                f"--{f.metadata['flag'] or f.name}",
-                dest=f.name,
-                type=_not_empty(f.name),
+                f"--{flag}",
+                dest=flag,
+                type=_flag_type(flag, isinstance(f.default, tuple)),
                 default=defaults.get(f.name),
                 help=f"{f.metadata['help']}{extra} [default: {shown}]",
             )
 
     @classmethod
     def given(cls, namespace: argparse.Namespace, skip: Iterable[str] = ()) -> dict[str, Any]:
-        """The flags of this record that were given on the command line."""
-        return {
-            n: getattr(namespace, n)
-            for n in cls.names()
-            if n not in skip and getattr(namespace, n, None) is not None
-        }
+        """The flags of this record that were given on the command line, by field name."""
+        out = {}
+        for f in cls.fields():
+            value = getattr(namespace, f.metadata["flag"] or f.name, None)
+            if f.name not in skip and value is not None:
+                out[f.name] = value
+        return out
 
     @classmethod
     def table(cls) -> str:
         """A Markdown table of the options (name, default, meaning) for the docs."""
-        rows = [f"| `{f.name}` | `{f.default}` | {f.metadata['help']} |" for f in cls.fields()]
+        rows = [
+            f"| `{f.metadata['flag'] or f.name}` | `{f.default}` | {f.metadata['help']} |"
+            for f in cls.fields()
+        ]
         return "\n".join(["| option | default | meaning |", "|---|---|---|", *rows])
