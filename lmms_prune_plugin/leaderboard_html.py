@@ -75,6 +75,7 @@ figure img{display:block;max-width:100%;height:auto;margin:0 auto;background:#ff
 border-radius:4px}
 figure.broken::before{content:"this plot could not be decoded";color:#a12626}
 figcaption{color:var(--muted);font-size:12.5px;margin-top:8px;text-align:center}
+p.rule{color:var(--muted);font-size:12.5px;margin:14px 0 6px}
 ul.notes{color:var(--muted);font-size:12.5px;padding-left:18px}
 footer{color:var(--muted);font-size:12px;margin-top:28px}
 """
@@ -250,8 +251,13 @@ def _regimes_table(regime_rows: list[dict]) -> str:
         for p in rows:
             cells = _regime_cells(p, named, series)
             lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        rule = (
+            "By intervals: a paired bootstrap over documents"
+            if with_ci
+            else "By the spread rule: these rows hold no per-document results"
+        )
         blocks.append(
-            '<div class="wrap"><table class="regimes"><thead>'
+            f'<p class="rule">{rule}</p><div class="wrap"><table class="regimes"><thead>'
             + lines[0]
             + "</thead><tbody>"
             + "".join(lines[1:])
