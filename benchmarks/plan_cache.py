@@ -170,6 +170,56 @@ def task_manager_ms(include_path: str) -> dict[str, float]:
     }
 
 
+def _measure(
+    ckpt: Path,
+    kwargs: dict,
+    wkw: dict,
+    plan: Adaptive,
+    profile_n: int,
+    time_task_manager: bool,
+    tmp: Path,
+) -> tuple:
+    """Fill the cache with one load, then time, profile and take apart the cached load."""
+    import lmms_eval.models
+
+    from .package import PrunedVLM, forget_removal_checks
+
+    plain_cls = lmms_eval.models.get_model(ARCH)
+    forwards: list[int] = []
+
+    def plain():
+        return plain_cls(pretrained=str(ckpt), **wkw)
+
+    def cached():
+        # As a new process would: the removal check's verdict comes from the cache folder.
+        forget_removal_checks()
+        lm = PrunedVLM(**kwargs)
+        forwards.append(lm.calibration_forwards)
+        return lm
+
+    with _env("LMMS_PRUNE_CACHE", str(tmp / "cache")):
+        log("[plan cache] a first load that calibrates and stores the plan")
+        fill_s, first = timed(cached)
+        removed = list(first.plan.removed)
+        fill_forwards = first.calibration_forwards
+        del first
+        forwards.clear()
+        gc.collect()
+        bar = progress(plan.max_rounds, "plan cache")
+        times = interleaved(
+            {"plain": plain, "cached": cached}, [("cached", "plain")], plan, CLOCK, bar=bar
+        )
+        bar.close()
+        log(f"[plan cache] {times.rounds} rounds ({times.stopped}, {times.seconds:.0f} s)")
+        log("[plan cache] profiling both constructions")
+        prof = breakdown(plain, cached, profile_n)
+        loaded = plain()
+        timers = direct_timers(ckpt, str(TEST_TASKS), loaded.model, removed)
+        del loaded
+        tm = task_manager_ms(str(TEST_TASKS)) if time_task_manager else None
+    return times, fill_s, fill_forwards, removed, forwards, prof, timers, tm
+
+
 def run(
     num_layers: int,
     hidden_size: int,
@@ -178,9 +228,7 @@ def run(
     profile_n: int,
     time_task_manager: bool = False,
 ) -> dict[str, Any]:
-    import lmms_eval.models
-
-    from .package import PrunedVLM, forget_removal_checks, save_tiny_vlm, wrapper_kwargs
+    from .package import save_tiny_vlm, wrapper_kwargs
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -195,50 +243,22 @@ def run(
             **calibration_args(calib_limit),
             **wkw,
         }
-        plain_cls = lmms_eval.models.get_model(ARCH)
-        forwards: list[int] = []
-
-        def plain():
-            return plain_cls(pretrained=str(ckpt), **wkw)
-
-        def cached():
-            # As a new process would: the removal check's verdict comes from the cache folder.
-            forget_removal_checks()
-            lm = PrunedVLM(**kwargs)
-            forwards.append(lm.calibration_forwards)
-            return lm
-
-        with _env("LMMS_PRUNE_CACHE", str(tmp / "cache")):
-            log("[plan cache] a first load that calibrates and stores the plan")
-            fill_s, first = timed(cached)
-            removed = list(first.plan.removed)
-            fill_forwards = first.calibration_forwards
-            del first
-            forwards.clear()
-            gc.collect()
-            bar = progress(plan.max_rounds, "plan cache")
-            times = interleaved(
-                {"plain": plain, "cached": cached}, [("cached", "plain")], plan, CLOCK, bar=bar
-            )
-            bar.close()
-            log(f"[plan cache] {times.rounds} rounds ({times.stopped}, {times.seconds:.0f} s)")
-            log("[plan cache] profiling both constructions")
-            prof = breakdown(plain, cached, profile_n)
-            loaded = plain()
-            timers = direct_timers(ckpt, str(TEST_TASKS), loaded.model, removed)
-            del loaded
-            tm = task_manager_ms(str(TEST_TASKS)) if time_task_manager else None
+        measured = _measure(ckpt, kwargs, wkw, plan, profile_n, time_task_manager, tmp)
         gc.collect()
+    checkpoint = {
+        "arch": ARCH,
+        "num_layers": num_layers,
+        "hidden_size": hidden_size,
+        "safetensors_mb": size_mb,
+    }
+    return {"checkpoint": checkpoint} | _result(*measured)
 
+
+def _result(times, fill_s, fill_forwards, removed, forwards, prof, timers, tm) -> dict[str, Any]:
+    """Part 3's results: the rounds, the ratio and its verdicts, and the profiles."""
     stats = times.summary()["variants"]
     r = times.ratios("cached", "plain")
     return {
-        "checkpoint": {
-            "arch": ARCH,
-            "num_layers": num_layers,
-            "hidden_size": hidden_size,
-            "safetensors_mb": size_mb,
-        },
         "plan_fill_s": fill_s,
         "plan_fill_calibration_forwards": fill_forwards,
         "removed": removed,

@@ -131,103 +131,122 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     Timed targets carry ``verdict`` on their own clock (``clock``) and ``wall_verdict``; a
     verdict is ``met`` only when every interval is on the right side of the limit.
     """
+    parts = (
+        ("calibration_cost", _calibration_targets),
+        ("pruning_speedup", _pruning_targets),
+        ("plan_cache", _plan_cache_targets),
+        ("sweep", _sweep_targets),
+        ("calibration_e2e", lambda ce: [_e2e_target(ce)]),
+    )
+    return [t for key, fn in parts if res.get(key) for t in fn(res[key])]
+
+
+def _calibration_targets(cal: dict[str, Any]) -> list[dict[str, Any]]:
+    """Part 1: capture's time, correctness and memory."""
     out = []
-    cal = res.get("calibration_cost")
-    if cal:
-        t = cal["target"]
+    t = cal["target"]
+    out.append(
+        {
+            "target": f"capture time <= {t['capture_time_ratio_max']:.2f}x hook-free forward (every length)",
+            "clock": t["clock"],
+            "value": "; ".join(
+                f"{r['seq_len']}: {ci(r['ratio_capture'][t['clock']])}" for r in cal["rows"]
+            ),
+            "wall_value": "; ".join(
+                f"{r['seq_len']}: {ci(r['ratio_capture']['wall'])}" for r in cal["rows"]
+            ),
+            "verdict": t["verdict"][t["clock"]],
+            "wall_verdict": t["verdict"]["wall"],
+        }
+    )
+    c = cal["correctness"]
+    out.append(
+        {
+            "target": f"capture similarity = hidden-states reference, layers 0..L-2 (tol {c['tolerance']:g})",
+            "value": f"max diff {c['max_abs_diff']:.1e}",
+            "verdict": "met" if c["ok"] else "missed",
+        }
+    )
+    grows = cal.get("capture_memory_flat")
+    if grows is not None:
         out.append(
             {
-                "target": f"capture time <= {t['capture_time_ratio_max']:.2f}x hook-free forward (every length)",
-                "clock": t["clock"],
-                "value": "; ".join(
-                    f"{r['seq_len']}: {ci(r['ratio_capture'][t['clock']])}" for r in cal["rows"]
-                ),
-                "wall_value": "; ".join(
-                    f"{r['seq_len']}: {ci(r['ratio_capture']['wall'])}" for r in cal["rows"]
-                ),
-                "verdict": t["verdict"][t["clock"]],
-                "wall_verdict": t["verdict"]["wall"],
+                "target": "capture extra memory does not grow with seq x layers",
+                "value": grows["value"],
+                "verdict": "met" if grows["met"] else "missed",
             }
         )
-        c = cal["correctness"]
-        out.append(
-            {
-                "target": f"capture similarity = hidden-states reference, layers 0..L-2 (tol {c['tolerance']:g})",
-                "value": f"max diff {c['max_abs_diff']:.1e}",
-                "verdict": "met" if c["ok"] else "missed",
-            }
-        )
-        grows = cal.get("capture_memory_flat")
-        if grows is not None:
-            out.append(
-                {
-                    "target": "capture extra memory does not grow with seq x layers",
-                    "value": grows["value"],
-                    "verdict": "met" if grows["met"] else "missed",
-                }
-            )
-    pr = res.get("pruning_speedup")
-    if pr:
-        t = pr["target"]
-        lim = int(round(100 * t["min_ratio_to_ideal_decoder"]))
-        for phase in ("prefill", "decode"):
+    return out
 
-            def value(clock: str, phase: str = phase) -> str:
-                return "; ".join(
-                    f"k={r['k']}: {ci(r['ratio_to_ideal_decoder'][clock], pct=True)}"
-                    for r in pr[phase]["rows"]
-                    if r["k"]
-                )
 
-            judged = t[phase][t["clock"]]
-            cause = "; ".join(
-                f"k={r['k']} cannot reach it: ceiling {ci(r['ceiling'][t['clock']], pct=True)} "
-                f"(what pruning cannot shrink is {100 * pr[phase]['fixed']['fixed_share']:.0f}% "
-                f"of the unpruned time); measured {ci(r['ratio_to_ideal_model'][t['clock']], pct=True)} "
-                "of that whole-model ideal"
+def _pruning_targets(pr: dict[str, Any]) -> list[dict[str, Any]]:
+    """Part 2: prefill and decode speed-ups over L/(L-k)."""
+    out = []
+    t = pr["target"]
+    lim = int(round(100 * t["min_ratio_to_ideal_decoder"]))
+    for phase in ("prefill", "decode"):
+
+        def value(clock: str, phase: str = phase) -> str:
+            return "; ".join(
+                f"k={r['k']}: {ci(r['ratio_to_ideal_decoder'][clock], pct=True)}"
                 for r in pr[phase]["rows"]
-                if r["k"] in judged.get("unreachable", ())
+                if r["k"]
             )
-            if judged.get("above_ceiling"):
-                cause += (
-                    f"measured above the ceiling at k={judged['above_ceiling']}: the model of a "
-                    "fixed part plus an equal cost per layer does not hold, no k is called unreachable"
-                )
-            out.append(
-                {
-                    "target": f"{phase} speed-up >= {lim}% of ideal L/(L-k) (every k)",
-                    "clock": t["clock"],
-                    "value": value(t["clock"]) + (f". {cause}" if cause else ""),
-                    "wall_value": value("wall"),
-                    "verdict": t[phase][t["clock"]]["verdict"],
-                    "wall_verdict": t[phase]["wall"]["verdict"],
-                }
+
+        judged = t[phase][t["clock"]]
+        cause = "; ".join(
+            f"k={r['k']} cannot reach it: ceiling {ci(r['ceiling'][t['clock']], pct=True)} "
+            f"(what pruning cannot shrink is {100 * pr[phase]['fixed']['fixed_share']:.0f}% "
+            f"of the unpruned time); measured {ci(r['ratio_to_ideal_model'][t['clock']], pct=True)} "
+            "of that whole-model ideal"
+            for r in pr[phase]["rows"]
+            if r["k"] in judged.get("unreachable", ())
+        )
+        if judged.get("above_ceiling"):
+            cause += (
+                f"measured above the ceiling at k={judged['above_ceiling']}: the model of a "
+                "fixed part plus an equal cost per layer does not hold, no k is called unreachable"
             )
-    pc = res.get("plan_cache")
-    if pc:
-        t = pc["target"]
         out.append(
             {
-                "target": f"cached pruned_vlm load <= {t['max_ratio']:.2f}x plain wrapper load",
+                "target": f"{phase} speed-up >= {lim}% of ideal L/(L-k) (every k)",
                 "clock": t["clock"],
-                "value": ci(pc["ratio"][t["clock"]]),
-                "wall_value": ci(pc["ratio"]["wall"]),
-                "verdict": t["verdict"][t["clock"]],
-                "wall_verdict": t["verdict"]["wall"],
+                "value": value(t["clock"]) + (f". {cause}" if cause else ""),
+                "wall_value": value("wall"),
+                "verdict": t[phase][t["clock"]]["verdict"],
+                "wall_verdict": t[phase]["wall"]["verdict"],
             }
         )
-    sw = res.get("sweep")
-    if sw:
-        out.append(
-            {
-                "target": "sweep: exactly one calibration pass per domain",
-                "value": f"{sw['sweep']['calibrator_forwards']} forwards for {sw['target']['forwards']} samples",
-                "verdict": "met" if sw["target"]["met"] else "missed",
-            }
-        )
-    ce = res.get("calibration_e2e")
-    if ce:
-        out.append(_e2e_target(ce))
+    return out
+
+
+def _plan_cache_targets(pc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Part 3: the load with a cached plan."""
+    out = []
+    t = pc["target"]
+    out.append(
+        {
+            "target": f"cached pruned_vlm load <= {t['max_ratio']:.2f}x plain wrapper load",
+            "clock": t["clock"],
+            "value": ci(pc["ratio"][t["clock"]]),
+            "wall_value": ci(pc["ratio"]["wall"]),
+            "verdict": t["verdict"][t["clock"]],
+            "wall_verdict": t["verdict"]["wall"],
+        }
+    )
+    return out
+
+
+def _sweep_targets(sw: dict[str, Any]) -> list[dict[str, Any]]:
+    """Part 4: one calibration pass per domain."""
+    out = []
+    out.append(
+        {
+            "target": "sweep: exactly one calibration pass per domain",
+            "value": f"{sw['sweep']['calibrator_forwards']} forwards for {sw['target']['forwards']} samples",
+            "verdict": "met" if sw["target"]["met"] else "missed",
+        }
+    )
     return out
 
 

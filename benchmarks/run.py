@@ -301,7 +301,7 @@ def _quiet_libraries() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n")[0]
     )
@@ -334,7 +334,25 @@ def main(argv: list[str] | None = None) -> int:
         default=str(DEFAULT_VLLM),
         help="vllm_speedup.json to show beside the transformers speed-ups (none: leave out)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _write(results: dict[str, Any], out: Path, vllm: dict[str, Any] | None) -> None:
+    """Targets, then ``results.json`` and ``results.md`` (the vLLM rows from their own run)."""
+    from .report import render, targets
+
+    if vllm is not None:
+        results["vllm_speedup"] = vllm
+    results["targets"] = targets(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    (out / "results.md").write_text(render(results))
+    log(f"wrote {out / 'results.json'} and {out / 'results.md'} in {results['wall_s']:.0f} s")
+    for t in results["targets"]:
+        log(f"  {t['verdict']:<12} {t['target']}: {t['value']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     vllm = _vllm_results(args.vllm)  # a bad file is named before anything runs
     start = time.perf_counter()
     seed = args.seed if args.seed is not None else time.time_ns() % 2**31
@@ -367,19 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_s"] = time.perf_counter() - start
     results["cpu_s"] = time.process_time() - cpu
     results["steal_s"] = steal_seconds() - stolen
-
-    from .report import render, targets
-
-    if vllm is not None:
-        results["vllm_speedup"] = vllm
-    results["targets"] = targets(results)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    (args.out / "results.md").write_text(render(results))
-    log(
-        f"wrote {args.out / 'results.json'} and {args.out / 'results.md'} in {results['wall_s']:.0f} s"
-    )
-    for t in results["targets"]:
-        log(f"  {t['verdict']:<12} {t['target']}: {t['value']}")
+    _write(results, args.out, vllm)
     return 0
 
 
