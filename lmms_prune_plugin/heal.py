@@ -22,7 +22,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from .distributed import is_main
-from .layers import decoder_layers_removed, find_decoder_layers
+from .layers import decoder_layers_removed, find_decoder_layers, removal_checks_in
 from .options import OptionRecord, option
 from .plan import PrunePlan
 from .training_data import Example, TrainingData, collate, collate_prompts, prompt_batches
@@ -277,6 +277,19 @@ def loss_on(peft_model, removed: Sequence[int], batch: Sequence[Example], object
     )  # fmt: skip
 
 
+def _add_answers(model, data: TrainingData, tokenizer, opts: HealOptions) -> None:
+    """What to train on, once per data set (the teacher is fixed): the task's targets (sft) or
+    the unpruned model's continuations (distill), a batch of prompts at a time."""
+    if all(e.answer is not None for e in data.examples):
+        return
+    if opts.objective == "sft":
+        add_targets_(model, data.examples, tokenizer)
+    else:
+        add_continuations_(
+            model, data.examples, tokenizer, opts.continuation_tokens, opts.batch_size
+        )
+
+
 def heal_(model: torch.nn.Module, tokenizer, plan: PrunePlan, data: TrainingData,
           opts: HealOptions):  # fmt: skip
     """Train LoRA adapters so that ``model`` without ``plan.removed`` behaves like ``model``.
@@ -297,13 +310,7 @@ def heal_(model: torch.nn.Module, tokenizer, plan: PrunePlan, data: TrainingData
         raise ValueError(f"data={list(data.tasks)!r} gave this process no training examples")
     _, world = process_group()
     model.eval()  # no dropout: deterministic, and the teacher is the model as evaluated
-    if any(e.answer is None for e in data.examples):  # once per data set: the teacher is fixed
-        if opts.objective == "sft":
-            add_targets_(model, data.examples, tokenizer)
-        else:
-            add_continuations_(
-                model, data.examples, tokenizer, opts.continuation_tokens, opts.batch_size
-            )
+    _add_answers(model, data, tokenizer, opts)
     peft_model = attach_lora_(model, removed, opts)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)
@@ -393,9 +400,11 @@ def heal_and_export(lm, plan: PrunePlan, opts: HealOptions, out, force: bool = F
     opts.check_hidden_size(text_hidden_size(lm.hf_model.config))
     lora_targets(lm.hf_model, plan.removed, opts.target_modules)  # fails before any data work
     data = training_data_for(lm, opts)
-    peft_model, result = heal_(lm.hf_model, wrapper_tokenizer(lm.base), plan, data, opts)
-    model = merge_(peft_model)
-    plan.apply_(model, lm.identity, strict)
+    # Every step removes the plan's layers for the student: checked once, kept with the run's plans.
+    with removal_checks_in(lm.calibration.cache()):
+        peft_model, result = heal_(lm.hf_model, wrapper_tokenizer(lm.base), plan, data, opts)
+        model = merge_(peft_model)
+        plan.apply_(model, lm.identity, strict)
     if not is_main():
         return None, result
     path = save_export(model, plan, out, lm.pretrained, force, lm.revision, trust_remote_code,
