@@ -450,7 +450,6 @@ def test_text_only_task_with_pruned_lm(text_lm_dir, tmp_path):
     assert out["n-shot"]["prune_gsm_demo"] == 3
 
 
-@pytest.mark.slow
 def test_evaluation_prompts_must_match_calibration(text_lm_dir):
     from lm_eval import simple_evaluate
 
@@ -467,6 +466,22 @@ def test_evaluation_prompts_must_match_calibration(text_lm_dir):
             task_manager=_manager(),
             apply_chat_template=True,
         )
+
+
+def test_plans_are_cached_by_prompt_settings_and_saved_plans_reload(text_lm_dir, tmp_path):
+    from lmms_prune_plugin.harnesses.lm_eval_models import PrunedLM
+
+    common = {"pretrained": str(text_lm_dir), "device": "cpu", "calib_limit": 4}
+    first = PrunedLM(**common, criterion="math", budget=2, save_plan=str(tmp_path / "p.json"))
+    again = PrunedLM(**common, criterion="math", budget=2)
+    assert first.calibration_forwards > 0 and again.calibration_forwards == 0
+    assert again.plan == first.plan and len(again.model.model.layers) == 2
+    chat = PrunedLM(**common, criterion="math", budget=2, apply_chat_template=True)
+    assert chat.calibration_forwards > 0  # other prompts: other statistics
+    assert chat.plan.calibration.content_hash != first.plan.calibration.content_hash
+    replay = PrunedLM(**common, plan=str(tmp_path / "p.json"))
+    assert replay.calibration_forwards == 0 and replay.plan == first.plan
+    assert len(replay.model.model.layers) == 2
 
 
 @pytest.mark.slow
@@ -532,3 +547,14 @@ def test_the_ci_example_runs_lm_eval_commands_that_parse():
             args = HarnessCLI().parse_args()
         assert args.model == "pruned_vlm" and set(args.tasks) <= known
         assert args.apply_chat_template is True and args.include_path == TASKS
+
+
+def test_only_the_lm_eval_modules_import_lm_eval():
+    core = "lmms_prune_plugin lmms_prune_plugin.planner lmms_prune_plugin.harnesses lmms_prune_plugin.cli"
+    code = (
+        f"import importlib, sys\nfor m in {core.split()!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lm_eval'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

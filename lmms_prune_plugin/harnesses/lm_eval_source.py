@@ -106,6 +106,12 @@ class LmEvalSource:
         self._data_key: str | None = None
 
     @property
+    def batch_size(self) -> int:
+        """The model's own batch size (``--batch_size``); 1 when lm-eval sizes batches itself."""
+        size = getattr(self.lm, "batch_size_per_gpu", 1)
+        return size if isinstance(size, int) and size > 0 else 1
+
+    @property
     def task_paths(self) -> list[str]:
         """Where calibration tasks are looked up first (later folders override earlier)."""
         return [LM_EVAL_TASKS_DIR, *self.include_paths]
