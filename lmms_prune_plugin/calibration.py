@@ -16,50 +16,88 @@ from pathlib import Path
 import torch
 from loguru import logger
 
-from .args import is_none, optional, parse_bool, parse_int
+from .args import is_none, parse_bool
 from .cache import Cache, key
 from .capture import AnswerReference, LayerCapture
 from .distributed import all_reduce, is_main, process_group
 from .harnesses.base import CalibrationDocs, CalibrationSource
 from .layers import decoder_layers_removed, removal_checks_in
+from .options import OptionRecord, option
 from .similarity import TOKEN_SELECTIONS
 from .stats import LayerStatistics
 
 
 @dataclass(frozen=True)
 class CalibrationSet:
-    """A named calibration set: the lmms-eval task behind it and the domain it stands for."""
+    """A named calibration set: the lmms-eval task behind it, the domain it stands for, and the
+    folder of its task YAML when lmms-eval does not ship it (added to the include paths)."""
 
     name: str
     domain: str
     task: str
     offline: bool = True
     description: str = ""
+    task_folder: str | None = None
 
 
+#: Real benchmarks that lmms-eval ships (they need the hub); the packaged offline sets are
+#: registered by the demo (lmms_prune_plugin.demo.plugin) like any plugin's.
 BUILTIN_CALIBRATION_SETS = (
-    CalibrationSet("prune_calib_math", "math", "prune_calib_math", True,
-                   "generated arithmetic, bar charts, counting"),
-    CalibrationSet("prune_calib_nonmath", "nonmath", "prune_calib_nonmath", True,
-                   "easy-vqa shapes and simple scenes"),
-    # Online variants: real benchmarks that lmms-eval ships (need the hub).
     CalibrationSet("mathvista", "math", "mathvista_testmini", False, "MathVista testmini"),
     CalibrationSet("mathverse", "math", "mathverse_testmini", False, "MathVerse testmini"),
     CalibrationSet("mathvision", "math", "mathvision_testmini", False, "MATH-Vision testmini"),
     CalibrationSet("scienceqa", "nonmath", "scienceqa_img", False, "ScienceQA (image subset)"),
     CalibrationSet("gqa", "nonmath", "gqa", False, "GQA"),
     CalibrationSet("ai2d", "nonmath", "ai2d", False, "AI2D diagrams"),
-)  # fmt: skip
-DEFAULT_SETS = {"math": "prune_calib_math", "nonmath": "prune_calib_nonmath"}
-#: The model_args and CLI flags of calibration (:meth:`CalibrationConfig.parse`).
-CALIBRATION_ARGS = (
-    "calib_math",
-    "calib_nonmath",
-    "calib_limit",
-    "tokens",
-    "include_path",
-    "plan_cache",
 )
+DEFAULT_SETS = {"math": "prune_calib_math", "nonmath": "prune_calib_nonmath"}
+
+
+def _calibration_set_name(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(
+            f"{name}={value!r} is not allowed; give a calibration set or task name, or none"
+        )
+    return value
+
+
+def _cache_value(name: str, value: object) -> object:
+    _parse_cache(value)  # checked now, resolved by CalibrationOptions.resolve
+    return value
+
+
+@dataclass(frozen=True)
+class CalibrationOptions(OptionRecord):
+    """Calibration as users give it (model_args and CLI flags)."""
+
+    title = "calibration options"
+    calib_math: str | None = option(
+        DEFAULT_SETS["math"],
+        "math calibration set or task, or none",
+        none=True,
+        parse=_calibration_set_name,
+    )
+    calib_nonmath: str | None = option(
+        DEFAULT_SETS["nonmath"],
+        "non-math calibration set or task, or none",
+        none=True,
+        parse=_calibration_set_name,
+    )
+    calib_limit: int | None = option(64, "calibration samples per domain, or none", minimum=1)
+    tokens: str = option("all", "which tokens are measured", choices=TOKEN_SELECTIONS)
+    include_path: str | None = option(None, "extra lmms-eval task folder", none=True)
+    plan_cache: object = option(True, "true, false, or a cache folder", parse=_cache_value)
+
+    def resolve(self) -> CalibrationConfig:
+        """The checked folders and the cache setting, as the core uses them."""
+        named = (("math", self.calib_math), ("nonmath", self.calib_nonmath))
+        sets = {d: v for d, v in named if v is not None}
+        if self.include_path is not None:
+            check_task_folder("include_path", self.include_path)
+        use_cache, cache_dir = _parse_cache(self.plan_cache)
+        return CalibrationConfig(
+            sets, self.calib_limit, self.tokens, self.include_path, cache_dir, use_cache
+        )
 
 
 @dataclass(frozen=True)
@@ -77,42 +115,18 @@ class CalibrationConfig:
     use_cache: bool = True
 
     @classmethod
-    def parse(
-        cls,
-        calib_math: object = DEFAULT_SETS["math"],
-        calib_nonmath: object = DEFAULT_SETS["nonmath"],
-        calib_limit: object = 64,
-        tokens: object = "all",
-        include_path: object = None,
-        plan_cache: object = True,
-    ) -> CalibrationConfig:
-        sets = {}
-        for domain, value in (("math", calib_math), ("nonmath", calib_nonmath)):
-            if is_none(value):
-                continue
-            if not isinstance(value, str):
-                raise ValueError(
-                    f"calib_{domain}={value!r} is not allowed; give a calibration set or lmms-eval task name, or none"
-                )
-            sets[domain] = value
-        limit = parse_int("calib_limit", calib_limit, minimum=1, allow_none=True)
-        if tokens not in TOKEN_SELECTIONS:
-            raise ValueError(
-                f"tokens={tokens!r} is not allowed; choose one of: {', '.join(TOKEN_SELECTIONS)}"
-            )
-        include = optional(include_path)
-        if include is not None:
-            check_task_folder("include_path", str(include))
-        use_cache, cache_dir = _parse_cache(plan_cache)
-        return cls(
-            sets, limit, str(tokens), str(include) if include else None, cache_dir, use_cache
-        )
+    def parse(cls, **raw: object) -> CalibrationConfig:
+        """From model_args or CLI flags (:class:`CalibrationOptions`' fields)."""
+        return CalibrationOptions.parse(**raw).resolve()
 
     @property
     def task_paths(self) -> list[str]:
-        from .demo import TASKS_DIR
+        """The task folders of the registered calibration sets, then ``include_path``."""
+        from .plugins import get_calibration_sets
 
-        return [TASKS_DIR] + ([self.include_path] if self.include_path else [])
+        found = [c.task_folder for c in get_calibration_sets().values() if c.task_folder]
+        extra = [self.include_path] if self.include_path else []
+        return list(dict.fromkeys([*found, *extra]))
 
     def cache(self) -> Cache | None:
         return Cache(self.cache_dir) if self.use_cache else None
@@ -478,3 +492,7 @@ def _num_layers(model: torch.nn.Module) -> int:
     from .layers import find_decoder_layers
 
     return len(find_decoder_layers(model))
+
+
+#: The model_args and CLI flags of calibration.
+CALIBRATION_ARGS = CalibrationOptions.names()

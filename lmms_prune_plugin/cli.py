@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .calibration import CALIBRATION_ARGS
+
 CRITERIA_DEFAULT = "math,nonmath,mixed,shortgpt,angular,last,random"
 STRATEGIES_DEFAULT = "default"
 DEFAULT_BUDGET = "4"  # layers removed by export and heal without --plan, and marked by rank
-CALIB_FLAGS = ("calib_math", "calib_nonmath", "calib_limit", "include_path", "tokens", "plan_cache")
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -122,16 +123,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         type=_text("model_args", "key=value,... or leave the flag out"),
         help="lmms-eval style key=value,... for pruned_vlm (pretrained=, base=, device_map=, ...)",
     )
-    # Defaults live in pruned_vlm; a flag given here overrides nothing silently (see _load).
-    for flag, what in (
-        ("calib_math", "a calibration set or task, or none (default: prune_calib_math)"),
-        ("calib_nonmath", "a calibration set or task, or none (default: prune_calib_nonmath)"),
-        ("calib_limit", "samples per domain, or none (default: 64)"),
-        ("include_path", "extra lmms-eval task folder"),
-        ("plan_cache", "true (default), false, or a cache folder"),
-    ):
-        g.add_argument(f"--{flag}", type=_text(flag, what), help=what)
-    g.add_argument("--tokens", choices=["all", "text", "image", "last"], help="default: all")
+    from .calibration import CalibrationOptions
+
+    CalibrationOptions.add_flags(p)  # unset unless given: pruned_vlm's defaults apply
     g.add_argument("--force_simple", action="store_true", help="use the simple (not chat) wrapper")
 
 
@@ -163,7 +157,7 @@ def _with_default_budget(prune: dict, margs: dict) -> dict:
 def _pruned_vlm_args(a, **prune) -> dict:
     """``--model_args`` plus the calibration flags given; the same key twice is an error."""
     margs = _model_args(a)
-    flags = {k: getattr(a, k) for k in CALIB_FLAGS if getattr(a, k) is not None} | prune
+    flags = {k: getattr(a, k) for k in CALIBRATION_ARGS if getattr(a, k) is not None} | prune
     both = sorted(set(margs) & set(flags))
     if both:
         raise ValueError(
@@ -389,9 +383,11 @@ def _refuse_planning_with_plan(a, margs: dict, command: str) -> None:
     """With a plan file nothing is planned: prune options (flags or model_args) contradict it."""
     from .planner import prune_option_names
 
-    flags = [n for n in (*prune_option_names(), *CALIB_FLAGS) if getattr(a, n, None) is not None]
+    flags = [
+        n for n in (*prune_option_names(), *CALIBRATION_ARGS) if getattr(a, n, None) is not None
+    ]
     if command == "heal":  # heal calibrates nothing either, but finds its data tasks there
-        flags = [n for n in flags if n not in CALIB_FLAGS]
+        flags = [n for n in flags if n not in CALIBRATION_ARGS]
     elif a.force_simple:
         flags.append("force_simple")
     if flags:
@@ -400,8 +396,8 @@ def _refuse_planning_with_plan(a, margs: dict, command: str) -> None:
             f"--{flags[0]}={value!r} is not allowed with a plan file: {command} applies the plan "
             f"as it is, nothing is planned or calibrated; give one of --plan or --{flags[0]}"
         )
-    keys = [k for k in (*prune_option_names(), "save_plan", *CALIB_FLAGS) if k in margs]
-    if keys and not (command == "heal" and keys[0] in CALIB_FLAGS):
+    keys = [k for k in (*prune_option_names(), "save_plan", *CALIBRATION_ARGS) if k in margs]
+    if keys and not (command == "heal" and keys[0] in CALIBRATION_ARGS):
         raise ValueError(
             f"model_args {keys[0]}={margs[keys[0]]!r} is not allowed with a plan file: {command} "
             "applies the plan as it is, nothing is planned or calibrated; remove it"
@@ -537,7 +533,7 @@ def _heal_checks(a, margs: dict, opts) -> None:
             )
     check_target(out, None, a.force)
     args = _pruned_vlm_args(a)
-    config = CalibrationConfig.parse(**{k: args[k] for k in CALIB_FLAGS if k in args})
+    config = CalibrationConfig.parse(**{k: args[k] for k in CALIBRATION_ARGS if k in args})
     _check_data_tasks(opts.data, config.task_paths)
     if margs.get("pretrained") and Path(str(margs["pretrained"])).is_dir():  # before loading it
         opts.check_hidden_size(text_hidden_size(read_config(str(margs["pretrained"]))))
@@ -616,7 +612,7 @@ def _sweep_checks(a, tasks: list[str]):
         )
     _sweep_out(a.out)
     args = _pruned_vlm_args(a)
-    config = CalibrationConfig.parse(**{k: args[k] for k in CALIB_FLAGS if k in args})
+    config = CalibrationConfig.parse(**{k: args[k] for k in CALIBRATION_ARGS if k in args})
     tm = TaskManager(include_path=config.task_paths)
     check_tasks(tasks, tm)
     PruneOptions.parse(**_prune_given(a, skip=SWEPT))  # bad values fail before the model loads

@@ -100,7 +100,8 @@ def parse_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
     name = meta["flag"] or f.name  # what the user typed
     reject_empty(name, value)
     base, optional = _base_type(tp)
-    if (optional or meta["none"]) and is_none(value):
+    optional = optional or meta["none"]
+    if optional and is_none(value):
         return None
     if meta["parse"] is not None:
         return meta["parse"](name, value)
@@ -108,7 +109,7 @@ def parse_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
         return parse_bool(name, value)
     if base is int:
         minimum = None if meta["minimum"] is None else int(meta["minimum"])
-        out = parse_int(name, value, minimum=minimum)
+        out = parse_int(name, value, minimum=minimum, allow_none=optional)
     elif base is float:
         out = parse_float(name, value)
     elif base in (tuple, tuple[str, ...]) or typing.get_origin(base) is tuple:

@@ -10,7 +10,7 @@ import pluggy
 
 from . import hookspecs
 
-DEFAULT_PLUGINS = ("lmms_prune_plugin.builtins",)
+DEFAULT_PLUGINS = ("lmms_prune_plugin.builtins", "lmms_prune_plugin.demo.plugin")
 
 pm = pluggy.PluginManager(hookspecs.PROJECT)
 pm.add_hookspecs(hookspecs)
