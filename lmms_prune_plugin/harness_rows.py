@@ -267,13 +267,31 @@ def _lm_eval_documents(f: Path, metrics: dict) -> dict[str, dict]:
         metric = primary_metric(metrics[task])[0]
         name, _, flt = metric.partition(",")
         ids, values = [], []
-        for line in samples.read_text().splitlines():
-            s = json.loads(line) if line.strip() else {}
-            if s.get("filter", flt) == flt and isinstance(s.get(name), int | float):
-                ids.append(int(s["doc_id"]))
-                values.append(float(s[name]))
+        for n, s in _sample_lines(samples):
+            if s.get("filter", flt) != flt or not isinstance(s.get(name), int | float):
+                continue
+            if not isinstance(s.get("doc_id"), int):
+                raise ValueError(f"lm-eval samples {samples}:{n}: no integer doc_id")
+            ids.append(s["doc_id"])
+            values.append(float(s[name]))
         if ids:
             out[task] = {"metric": metric, "doc_ids": ids, "values": values}
+    return out
+
+
+def _sample_lines(path: Path) -> list[tuple[int, dict]]:
+    """The JSON objects of a ``--log_samples`` file, with their line numbers."""
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            s = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"lm-eval samples {path}:{n}: not a JSON line ({err.msg})") from err
+        if not isinstance(s, dict):
+            raise ValueError(f"lm-eval samples {path}:{n}: not a JSON object")
+        out.append((n, s))
     return out
 
 
@@ -328,7 +346,7 @@ def vlmeval_row(folder: Path) -> dict:
     _check_folder_name(folder, plan)
     judges = sorted({str(e.get("judge_model")) for e in (status or {}).values()})
     settings = {"harness": VLMEVAL, "judge": judges}
-    logger.info(f"lmms-prune report: {folder}: VLMEvalKit scales {scales} read as 0-1")
+    logger.info(f"lmms-prune report: {folder}: VLMEvalKit wrote {scales}; read as 0-1")
     source = {"folder": str(folder), "files": sorted(owner.values()), "scale": scales}
     return _row(_plan_fields(plan), metrics, VLMEVAL, settings, source)
 
@@ -346,8 +364,11 @@ def _dataset_name(folder: Path, f: Path) -> str:
 def _overall(f: Path, dataset: str) -> dict[str, tuple[float, float, str]]:
     """Per split (one task per split when there are several): (value 0-1, value as written,
     the file's scale)."""
-    with f.open(newline="") as handle:
-        table = list(csv.DictReader(handle))
+    try:
+        with f.open(newline="", encoding="utf-8") as handle:
+            table = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"vlmeval results {f}: not a CSV file ({err})") from err
     if not table or "Overall" not in table[0]:
         raise ValueError(f"vlmeval results {f}: no 'Overall' column; is it an *_acc.csv?")
     numbers = []

@@ -222,6 +222,22 @@ def test_lm_eval_runs_of_one_plan_join_and_a_task_twice_is_refused(tmp_path):
         read_source(root)
 
 
+def test_damaged_result_files_are_named(tmp_path):
+    root = lm_eval_folder(tmp_path / "lm", plan())
+    samples = root / "6v8uqx97" / f"samples_prune_demo_math_{DATE}.jsonl"
+    samples.write_text('{"doc_id": 0, "filter": "none", "exact_match": 1.0}\n{torn\n')
+    with pytest.raises(ValueError, match=f"lm-eval samples {samples}:2: not a JSON line"):
+        read_source(root)
+    (root / "6v8uqx97" / f"results_{DATE}.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_source(root)
+    folder = vlmeval_folder(tmp_path / "vlm", plan())
+    binary = next(folder.glob("*_PruneDemo_Math_acc.csv"))
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match=f"vlmeval results {binary}: not a CSV file"):
+        read_source(folder)
+
+
 # --------------------------------------------------------------------------- VLMEvalKit
 @pytest.mark.parametrize("scale", [1.0, 100.0], ids=["0-1", "0-100"])
 def test_a_vlmeval_model_folder_is_one_row_on_the_0_1_scale(tmp_path, scale):
