@@ -46,6 +46,7 @@ def test_plan_records_everything_and_round_trips_json(model):
         "sets": {"math": "m"},
         "samples": {"math": 4},
         "content_hash": "abc",
+        "harness": "lmms-eval",  # which harness built the calibration inputs
     }
     assert PrunePlan.from_json(plan.to_json()) == plan
 
