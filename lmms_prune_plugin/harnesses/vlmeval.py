@@ -118,8 +118,11 @@ def check_ours(args: argparse.Namespace) -> dict[str, Any]:
             "give exactly one of --prune (e.g. criterion=math,budget=4) and --plan FILE"
         )
     config = CalibrationConfig.parse(
-        calib_math=args.calib_math, calib_nonmath=args.calib_nonmath,
-        calib_limit=args.calib_limit, tokens=args.tokens, plan_cache=args.plan_cache,
+        calib_math=args.calib_math,
+        calib_nonmath=args.calib_nonmath,
+        calib_limit=args.calib_limit,
+        tokens=args.tokens,
+        plan_cache=args.plan_cache,
     )
     options = parse_prune(args.prune) if args.prune is not None else None
     if args.plan is not None:

@@ -192,8 +192,11 @@ class PrunedVLM(BaseModel):
             raise RuntimeError(f"{label} was not built: {FAILED[label]}")
         try:
             config = CalibrationConfig.parse(
-                calib_math=calib_math, calib_nonmath=calib_nonmath, calib_limit=calib_limit,
-                tokens=tokens, plan_cache=plan_cache,
+                calib_math=calib_math,
+                calib_nonmath=calib_nonmath,
+                calib_limit=calib_limit,
+                tokens=tokens,
+                plan_cache=plan_cache,
             )
             self._build(
                 inner=inner,

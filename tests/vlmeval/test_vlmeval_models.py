@@ -78,6 +78,18 @@ def test_one_new_token_whatever_the_caller_asks_and_generate_restored(tiny):
     assert "generate" not in vars(model)
     out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    # Nested in a generate set on the instance (the core's prefill-only one): that one is
+    # called inside and restored after.
+    seen = []
+    model.generate = lambda *a, **k: seen.append(k["max_new_tokens"])
+    try:
+        with one_new_token(model):
+            model.generate(max_new_tokens=9)
+        assert seen == [1] and vars(model)["generate"] is not None
+        model.generate(max_new_tokens=9)
+        assert seen == [1, 9]
+    finally:
+        del model.generate
 
 
 def test_hf_model_is_found_and_an_api_model_is_refused(tiny):
