@@ -304,9 +304,13 @@ class DomainCalibration:
     per_sample: tuple[LayerStatistics, ...] = ()  # in the order the samples reached the model
 
     def to_dict(self) -> dict:
-        return {"stats": self.stats.to_dict(), "task": self.task, "samples": self.samples,
-                "fingerprint": self.fingerprint,
-                "per_sample": [s.to_dict() for s in self.per_sample]}  # fmt: skip
+        return {
+            "stats": self.stats.to_dict(),
+            "task": self.task,
+            "samples": self.samples,
+            "fingerprint": self.fingerprint,
+            "per_sample": [s.to_dict() for s in self.per_sample],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping) -> DomainCalibration:

@@ -244,8 +244,9 @@ class LayerCapture:
             self._totals[name] = self._totals[name] + total if name in self._totals else total
         if self.per_sample:
             batch = fwd.weight.shape[1]
-            self._samples += [self._stats({k: v[..., b] for k, v in fwd.rows.items()}, 1, 0)
-                              for b in range(batch)]  # fmt: skip
+            self._samples += [
+                self._stats({k: v[..., b] for k, v in fwd.rows.items()}, 1, 0) for b in range(batch)
+            ]
         self._forwards += 1
         self._sample_count += fwd.weight.shape[1]
 
@@ -298,14 +299,17 @@ class LayerCapture:
         masks = [
             token_mask(
                 batch, seq, sel, fwd.attention_mask, fwd.input_ids, self._image_ids, hidden.device
-            )  # fmt: skip
+            )
             for sel in (self.tokens, "last")
         ]
         fwd.weight = torch.stack(masks).to(torch.float64)
         f64 = {"dtype": torch.float64, "device": hidden.device}
         L = self.num_layers
-        fwd.rows = {"cos": torch.zeros(L, batch, **f64), "tokens": fwd.weight[0].sum(-1),
-                    "last": fwd.weight[1].sum(-1)}  # fmt: skip
+        fwd.rows = {
+            "cos": torch.zeros(L, batch, **f64),
+            "tokens": fwd.weight[0].sum(-1),
+            "last": fwd.weight[1].sum(-1),
+        }
         for n in self.block_sizes:
             fwd.rows[("ang", n)] = torch.zeros(2, L - n + 1, batch, **f64)
         if self._norm is not None:

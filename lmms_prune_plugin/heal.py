@@ -58,8 +58,12 @@ class HealOptions(OptionRecord):
             raise ValueError(
                 f"objective={self.objective!r} is not allowed; choose one of: {', '.join(OBJECTIVES)}"
             )
-        for name, minimum in (("rank", 1), ("steps", 1), ("batch_size", 1),
-                              ("continuation_tokens", 1)):  # fmt: skip
+        for name, minimum in (
+            ("rank", 1),
+            ("steps", 1),
+            ("batch_size", 1),
+            ("continuation_tokens", 1),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name}={value!r} is not allowed; give an integer >= {minimum}")
@@ -112,9 +116,12 @@ def lora_targets(model: torch.nn.Module, removed: Sequence[int], names: Sequence
     missing = [n for n in names if n not in seen]
     if missing:
         linear = sorted(
-            {s.rsplit(".", 1)[-1] for s, m in decoder.layers[0].named_modules()
-             if isinstance(m, torch.nn.Linear)}
-        )  # fmt: skip
+            {
+                s.rsplit(".", 1)[-1]
+                for s, m in decoder.layers[0].named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
         raise ValueError(
             f"target_modules={list(names)!r}: no linear module named {missing!r} in the decoder "
             f"layers; this model's layers have: {', '.join(linear)}"
@@ -261,8 +268,9 @@ def _batches(n: int, size: int, seed: int):
         yield batch
 
 
-def loss_on(peft_model, removed: Sequence[int], batch: Sequence[Example], objective: str,
-            pad_id: int) -> torch.Tensor:  # fmt: skip
+def loss_on(
+    peft_model, removed: Sequence[int], batch: Sequence[Example], objective: str, pad_id: int
+) -> torch.Tensor:
     """The healing loss of one batch: KL(teacher || student) or cross-entropy, per answer token."""
     inputs, positions, labels = collate(batch, pad_id)
     rows = torch.tensor([r for r, _ in positions])
@@ -272,9 +280,11 @@ def loss_on(peft_model, removed: Sequence[int], batch: Sequence[Example], object
         return F.cross_entropy(student, labels)
     teacher = teacher_logits(peft_model, inputs)[rows, cols].float()
     return F.kl_div(
-        F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+        F.log_softmax(student, -1),
+        F.log_softmax(teacher, -1),
+        log_target=True,
         reduction="batchmean",
-    )  # fmt: skip
+    )
 
 
 def _add_answers(model, data: TrainingData, tokenizer, opts: HealOptions) -> None:
@@ -290,8 +300,9 @@ def _add_answers(model, data: TrainingData, tokenizer, opts: HealOptions) -> Non
         )
 
 
-def heal_(model: torch.nn.Module, tokenizer, plan: PrunePlan, data: TrainingData,
-          opts: HealOptions):  # fmt: skip
+def heal_(
+    model: torch.nn.Module, tokenizer, plan: PrunePlan, data: TrainingData, opts: HealOptions
+):
     """Train LoRA adapters so that ``model`` without ``plan.removed`` behaves like ``model``.
 
     ``model`` must be unpruned (it is its own teacher). Returns the peft model (adapters still
@@ -316,10 +327,12 @@ def heal_(model: torch.nn.Module, tokenizer, plan: PrunePlan, data: TrainingData
     optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = HealResult(
-        opts.to_dict(), {"tasks": list(data.tasks), "samples": data.total,
-                         "fingerprint": data.fingerprint}, removed,
-        trainable_parameters=sum(p.numel() for p in params), world_size=world,
-    )  # fmt: skip
+        opts.to_dict(),
+        {"tasks": list(data.tasks), "samples": data.total, "fingerprint": data.fingerprint},
+        removed,
+        trainable_parameters=sum(p.numel() for p in params),
+        world_size=world,
+    )
     batches = _batches(len(data.examples), opts.batch_size, opts.seed)
     start = time.perf_counter()
     bar = tqdm(range(opts.steps), desc="heal", disable=not is_main())
@@ -379,12 +392,27 @@ def training_data_for(lm, opts: HealOptions) -> TrainingData:
 
     rank, world = process_group()
     tm = task_manager_for(opts.data, lm.calibration.task_paths)
-    return build_training_data(lm.base, lm.hf_model, opts.data, tm, opts.limit, rank, world,
-                               need_targets=opts.objective == "sft")  # fmt: skip
+    return build_training_data(
+        lm.base,
+        lm.hf_model,
+        opts.data,
+        tm,
+        opts.limit,
+        rank,
+        world,
+        need_targets=opts.objective == "sft",
+    )
 
 
-def heal_and_export(lm, plan: PrunePlan, opts: HealOptions, out, force: bool = False,
-                    strict: bool = True, trust_remote_code: bool = False):  # fmt: skip
+def heal_and_export(
+    lm,
+    plan: PrunePlan,
+    opts: HealOptions,
+    out,
+    force: bool = False,
+    strict: bool = True,
+    trust_remote_code: bool = False,
+):
     """Heal ``lm``'s model (unpruned ``pruned_vlm``) for ``plan``, merge, export to ``out``.
 
     Returns the export folder (None on ranks other than the main one) and the result.
@@ -407,6 +435,14 @@ def heal_and_export(lm, plan: PrunePlan, opts: HealOptions, out, force: bool = F
         plan.apply_(model, lm.identity, strict)
     if not is_main():
         return None, result
-    path = save_export(model, plan, out, lm.pretrained, force, lm.revision, trust_remote_code,
-                       healing=result.summary())  # fmt: skip
+    path = save_export(
+        model,
+        plan,
+        out,
+        lm.pretrained,
+        force,
+        lm.revision,
+        trust_remote_code,
+        healing=result.summary(),
+    )
     return path, result

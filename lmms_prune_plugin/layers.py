@@ -346,8 +346,14 @@ def _plain_attrs(module: nn.Module) -> dict[str, object]:
     return out
 
 
-_ADAPTER_PARTS = {"lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_dropout",
-                  "lora_magnitude_vector"}  # fmt: skip
+_ADAPTER_PARTS = {
+    "lora_A",
+    "lora_B",
+    "lora_embedding_A",
+    "lora_embedding_B",
+    "lora_dropout",
+    "lora_magnitude_vector",
+}
 
 
 def _adapter_part(name: str, module: nn.Module) -> bool:

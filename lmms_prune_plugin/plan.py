@@ -125,8 +125,11 @@ class PrunePlan:
             )
         if self.scores and len(self.scores) != n:
             raise ValueError(f"plan has {len(self.scores)} scores for {n} layers")
-        bad = [x for x in self.scores if isinstance(x, bool) or not isinstance(x, int | float)
-               or not math.isfinite(x)]  # fmt: skip
+        bad = [
+            x
+            for x in self.scores
+            if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x)
+        ]
         if bad:
             raise ValueError(f"scores must be finite numbers; got {bad[:3]!r}")
 
@@ -191,8 +194,9 @@ class PrunePlan:
         except (json.JSONDecodeError, ValueError, RecursionError) as err:
             raise ValueError(f"plan={str(path)!r} is not a valid prune plan: {err}") from err
 
-    def check_model(self, model: nn.Module, identity: ModelIdentity | None = None,
-                    strict: bool = True) -> None:  # fmt: skip
+    def check_model(
+        self, model: nn.Module, identity: ModelIdentity | None = None, strict: bool = True
+    ) -> None:
         """Raise if ``model`` is not the model this plan was made for. Touches nothing.
 
         A different architecture or layer layout always refuses. Which checkpoint ``model`` was
@@ -214,8 +218,9 @@ class PrunePlan:
                 f"plan for {self.model.name_or_path!r} does not fit this model ({'; '.join(problems)}){hint}"
             )
 
-    def apply_(self, model: nn.Module, identity: ModelIdentity | None = None,
-               strict: bool = True) -> nn.Module:  # fmt: skip
+    def apply_(
+        self, model: nn.Module, identity: ModelIdentity | None = None, strict: bool = True
+    ) -> nn.Module:
         """Check the model, then remove the planned layers in place."""
         self.check_model(model, identity, strict)
         remove_decoder_layers_(model, self.removed)

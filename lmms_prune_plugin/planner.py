@@ -92,10 +92,15 @@ class PruneOptions(OptionRecord):
             )
         )
         return CriterionOptions(
-            alpha=self.alpha, seed=self.seed, block_sizes=blocks, final_norm=self.final_norm,
-            angular_tokens=self.angular_tokens, step=self.step, candidates=self.candidates,
+            alpha=self.alpha,
+            seed=self.seed,
+            block_sizes=blocks,
+            final_norm=self.final_norm,
+            angular_tokens=self.angular_tokens,
+            step=self.step,
+            candidates=self.candidates,
             protected=protected,
-        )  # fmt: skip
+        )
 
     def strategy_options(self) -> StrategyOptions:
         return StrategyOptions(
@@ -130,8 +135,13 @@ def unpruned_plan(model: ModelIdentity) -> PrunePlan:
     return PrunePlan(model, BASELINE, {}, BASELINE, {}, 0, (), ())
 
 
-def select(model: ModelIdentity, scores: Scores, options: PruneOptions,
-           calibration: CalibrationIdentity | None = None, tokens: str = "all") -> PrunePlan:  # fmt: skip
+def select(
+    model: ModelIdentity,
+    scores: Scores,
+    options: PruneOptions,
+    calibration: CalibrationIdentity | None = None,
+    tokens: str = "all",
+) -> PrunePlan:
     """Pick ``budget`` layers from ``scores`` with the options' strategy; the plan records why."""
     n = model.num_layers
     k = resolve_budget(options.budget, n)
@@ -150,7 +160,7 @@ def select(model: ModelIdentity, scores: Scores, options: PruneOptions,
             "candidates": copts.candidates,
             **({"order": list(scores.order)} if scores.order else {}),
             **({"block_scores": _encode(scores.blocks[k])} if k in scores.blocks else {}),
-        },  # fmt: skip
+        },
         strategy=options.strategy_name,
         strategy_options=asdict(options.strategy_options()),
         budget=options.budget,
@@ -264,10 +274,13 @@ class Planner:
         from .cache import key
 
         return key(
-            kind="plan", run=self.run_key, identity=self.identity,
+            kind="plan",
+            run=self.run_key,
+            identity=self.identity,
             calibration=[self.calibrator.key(d) for d in self.domains(options)],
-            options=options.cache_key(), tokens=self.config.tokens,  # the plan records it
-        )  # fmt: skip
+            options=options.cache_key(),
+            tokens=self.config.tokens,  # the plan records it
+        )
 
     def plan(self, options: PruneOptions) -> PrunePlan:
         return self.plans([options])[0]
@@ -300,19 +313,22 @@ class Planner:
             out[i] = plan
         return out  # type: ignore[return-value]
 
-    def statistics(self, domains: Sequence[str] | None = None,
-                   block_sizes: tuple[int, ...] = ()) -> dict[str, LayerStatistics]:  # fmt: skip
+    def statistics(
+        self, domains: Sequence[str] | None = None, block_sizes: tuple[int, ...] = ()
+    ) -> dict[str, LayerStatistics]:
         """Each configured (or named) domain's statistics of the unpruned model."""
         names = tuple(domains) if domains is not None else tuple(self.config.sets)
         return {d: self.calibrator.calibrate(d, block_sizes).stats for d in names}
 
-    def sample_statistics(self, domains: Sequence[str] | None = None,
-                          block_sizes: tuple[int, ...] = ()) -> dict[str, tuple[LayerStatistics, ...]]:  # fmt: skip
+    def sample_statistics(
+        self, domains: Sequence[str] | None = None, block_sizes: tuple[int, ...] = ()
+    ) -> dict[str, tuple[LayerStatistics, ...]]:
         """Each configured (or named) domain's per-sample statistics of the unpruned model
         (for bootstraps over the calibration samples)."""
         names = tuple(domains) if domains is not None else tuple(self.config.sets)
-        return {d: self.calibrator.calibrate(d, block_sizes, per_sample=True).per_sample
-                for d in names}  # fmt: skip
+        return {
+            d: self.calibrator.calibrate(d, block_sizes, per_sample=True).per_sample for d in names
+        }
 
     def calibration_identity(self, domains: Sequence[str]) -> CalibrationIdentity:
         """What a plan records about its data: set names, sample counts, content hash."""
@@ -328,8 +344,10 @@ class Planner:
     def _greedy_key(o: PruneOptions) -> tuple:
         """Options that share one greedy run: all but the budget (and the strategy, which a
         greedy criterion's plan does not depend on)."""
-        return (o.criterion, *(v for k, v in sorted(o.cache_key().items())
-                               if k not in ("budget", "strategy")))  # fmt: skip
+        return (
+            o.criterion,
+            *(v for k, v in sorted(o.cache_key().items()) if k not in ("budget", "strategy")),
+        )
 
     def _greedy_orders(self, options: Sequence[PruneOptions]) -> dict[tuple, tuple[int, ...]]:
         """One run per greedy criterion and options, for the largest budget asked: the plan for
@@ -377,8 +395,12 @@ class Planner:
             )
         return scores
 
-    def _make(self, o: PruneOptions, stats: Mapping[str, LayerStatistics],
-              orders: Mapping[tuple, tuple[int, ...]] | None = None) -> PrunePlan:  # fmt: skip
+    def _make(
+        self,
+        o: PruneOptions,
+        stats: Mapping[str, LayerStatistics],
+        orders: Mapping[tuple, tuple[int, ...]] | None = None,
+    ) -> PrunePlan:
         n = self.identity.num_layers
         crit = get_criterion(o.criterion)
         domains = self.domains(o)

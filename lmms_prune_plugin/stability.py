@@ -38,11 +38,15 @@ class Stability:
 
     def to_dict(self) -> dict:
         return {
-            "criterion": self.criterion, "strategy": self.strategy, "budget": self.budget,
-            "frequency": list(self.frequency), "jaccard": self.jaccard,
-            "jaccard_to_plan": self.jaccard_to_plan, "plan": list(self.plan),
+            "criterion": self.criterion,
+            "strategy": self.strategy,
+            "budget": self.budget,
+            "frequency": list(self.frequency),
+            "jaccard": self.jaccard,
+            "jaccard_to_plan": self.jaccard_to_plan,
+            "plan": list(self.plan),
             "resamples": self.resamples,
-        }  # fmt: skip
+        }
 
 
 def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
@@ -121,6 +125,6 @@ def bootstrap_plans(
                 float(np.mean([jaccard(s, plan) for s in sets])),
                 plan,
                 resamples,
-            )  # fmt: skip
+            )
         )
     return out

@@ -36,8 +36,10 @@ class Cell:
 
     def key(self, model: str, tasks: Sequence[str], limit: int | None, settings: dict) -> str:
         """What makes two rows the same measurement: a resumed sweep skips only those."""
-        return json.dumps([model, self.criterion, self.strategy, self.budget, sorted(tasks), limit,
-                           settings], sort_keys=True)  # fmt: skip
+        return json.dumps(
+            [model, self.criterion, self.strategy, self.budget, sorted(tasks), limit, settings],
+            sort_keys=True,
+        )
 
 
 @dataclass
@@ -110,9 +112,14 @@ def suggest(name: str, known: Iterable[str], n: int = 6) -> list[str]:
 
 #: Keys every sweep row has, with the types they must have.
 ROW_FIELDS: dict[str, tuple[type, ...]] = {
-    "model": (str,), "criterion": (str,), "strategy": (str,), "budget": (int, float),
-    "tasks": (list,), "metrics": (dict,), "removed": (list,),
-}  # fmt: skip
+    "model": (str,),
+    "criterion": (str,),
+    "strategy": (str,),
+    "budget": (int, float),
+    "tasks": (list,),
+    "metrics": (dict,),
+    "removed": (list,),
+}
 
 
 def check_row(row: object) -> str | None:
@@ -476,14 +483,23 @@ class _Sweep:
     def row(self, cell: Cell, plan, res: dict, summary: dict | None) -> dict:
         n, recorded = self.lm.identity.num_layers, plan.to_dict()
         row = {
-            "model": self.lm.pretrained, "criterion": cell.criterion, "strategy": cell.strategy,
-            "budget": cell.budget, "num_layers": n, "kept_layers": n - len(plan.removed),
-            "removed": list(plan.removed), "tasks": sorted(self.tasks), "limit": self.limit,
-            "metrics": task_metrics(res), "per_doc": document_scores(res),
-            "scores": list(plan.scores), "criterion_options": recorded["criterion_options"],
-            "calibration": recorded["calibration"], "settings": self.settings,
+            "model": self.lm.pretrained,
+            "criterion": cell.criterion,
+            "strategy": cell.strategy,
+            "budget": cell.budget,
+            "num_layers": n,
+            "kept_layers": n - len(plan.removed),
+            "removed": list(plan.removed),
+            "tasks": sorted(self.tasks),
+            "limit": self.limit,
+            "metrics": task_metrics(res),
+            "per_doc": document_scores(res),
+            "scores": list(plan.scores),
+            "criterion_options": recorded["criterion_options"],
+            "calibration": recorded["calibration"],
+            "settings": self.settings,
             "engine": self.engine,
-        }  # fmt: skip
+        }
         if summary is not None:
             row["healing"] = summary
         return row
@@ -524,8 +540,9 @@ def _evaluate_in_engine(lm, plan, tasks: Sequence[str], limit: int | None, task_
     """One cell in vLLM: the plan's export (cached), an engine on it, lmms-eval, engine stopped."""
     from lmms_eval.evaluator import simple_evaluate
 
-    path = engines.cached_export(lm.pretrained, plan, engines.cache_dir(lm), lm.revision,
-                                 lm.trust_remote_code)  # fmt: skip
+    path = engines.cached_export(
+        lm.pretrained, plan, engines.cache_dir(lm), lm.revision, lm.trust_remote_code
+    )
     served = engines.open_engine(path, lm.is_simple, lm.engine_kwargs, lm.trust_remote_code)
     try:
         return simple_evaluate(

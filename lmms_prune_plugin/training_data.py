@@ -115,8 +115,10 @@ def _generate_recorded(model: torch.nn.Module, record: list, answer_ids):
 def _one_prompt_per_call(wrapper):
     """Batch size 1 for the block (lmms-eval wrappers keep it in ``batch_size_per_gpu``), so
     each generate call holds one unpadded prompt, as evaluation with batch size 1 builds it."""
-    name = next((n for n in ("batch_size_per_gpu", "batch_size")
-                 if isinstance(vars(wrapper).get(n), int)), None)  # fmt: skip
+    name = next(
+        (n for n in ("batch_size_per_gpu", "batch_size") if isinstance(vars(wrapper).get(n), int)),
+        None,
+    )
     saved = getattr(wrapper, name) if name else None
     if name:
         setattr(wrapper, name, 1)

@@ -139,9 +139,13 @@ def ships_code(pretrained: str, revision: str | None = None) -> list[str]:
 
         paths = []
         for name in CODE_MAPS:
-            found = cached_file(pretrained, name, revision=revision,
-                                _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)  # fmt: skip
+            found = cached_file(
+                pretrained,
+                name,
+                revision=revision,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
             if found:
                 paths.append(Path(found))
     out = []

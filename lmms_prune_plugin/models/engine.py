@@ -174,8 +174,14 @@ def cached_export(
         if _holds(out, plan):
             _say(f"lmms-prune: serving the cached export {out}")
             return out
-        export_pruned(pretrained, plan, out, force=True, revision=revision,
-                      trust_remote_code=trust_remote_code)  # fmt: skip
+        export_pruned(
+            pretrained,
+            plan,
+            out,
+            force=True,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
         _say(f"lmms-prune: exported the pruned checkpoint to {out}")
     return out
 

@@ -49,9 +49,13 @@ class HFVLM(lmms):
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         self._model = AutoModelForImageTextToText.from_pretrained(
-            pretrained, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code,
-            device_map=device_map or str(self._device), **extra,
-        ).eval()  # fmt: skip
+            pretrained,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map or str(self._device),
+            **extra,
+        ).eval()
         self.processor = AutoProcessor.from_pretrained(
             pretrained, revision=revision, trust_remote_code=trust_remote_code
         )
@@ -120,10 +124,14 @@ class HFVLM(lmms):
                 inputs = self._encode([self._conversation(r.args) for r in chunk])
                 greedy = float(gen.get("temperature", 0) or 0) == 0
                 ids = self._model.generate(
-                    **inputs, max_new_tokens=int(gen.get("max_new_tokens", self.max_new_tokens)),
-                    do_sample=not greedy, temperature=None if greedy else float(gen["temperature"]),
-                    top_p=None, top_k=None, pad_token_id=tok.pad_token_id,
-                )  # fmt: skip
+                    **inputs,
+                    max_new_tokens=int(gen.get("max_new_tokens", self.max_new_tokens)),
+                    do_sample=not greedy,
+                    temperature=None if greedy else float(gen["temperature"]),
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=tok.pad_token_id,
+                )
                 new = ids[:, inputs["input_ids"].shape[1] :]
                 for text in self.processor.batch_decode(new, skip_special_tokens=True):
                     for stop in gen.get("until", []) or []:

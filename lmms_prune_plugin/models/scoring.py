@@ -52,8 +52,9 @@ def continuation_loss(
     return -float(logprobs.sum()), bool((logits.argmax(-1) == target).all())
 
 
-def loglikelihood(model, processor, task_dict: dict, requests: list[Instance],
-                  rank: int = 0) -> list[GenerationResult]:  # fmt: skip
+def loglikelihood(
+    model, processor, task_dict: dict, requests: list[Instance], rank: int = 0
+) -> list[GenerationResult]:
     """lmms-eval simple-style loglikelihood requests ``(ctx, continuation, doc_to_visual,
     doc_id, task, split)`` scored one by one."""
     out = []

@@ -351,10 +351,20 @@ def save_arch_checkpoint(model_type: str, path, num_layers: int = 4, seed: int =
 def _gemma3_processor(cfg):
     import transformers as tf
 
-    media = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-             "image_token": "<image_soft_token>"}  # fmt: skip
-    tok = _tokenizer(cfg, _GEMMA3_TOKENS, _GEMMA3_TEMPLATE, pad_token="<pad>",
-                     eos_token="<end_of_turn>", bos_token="<bos>", **media)  # fmt: skip
+    media = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
+    tok = _tokenizer(
+        cfg,
+        _GEMMA3_TOKENS,
+        _GEMMA3_TEMPLATE,
+        pad_token="<pad>",
+        eos_token="<end_of_turn>",
+        bos_token="<bos>",
+        **media,
+    )
     cfg.mm_tokens_per_image = 4  # 4x4 patches pooled to 2x2
     cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
     cfg.image_token_id = tok.image_token_id
@@ -374,9 +384,17 @@ def _idefics2_processor(cfg):
     from .tiny import IDEFICS_TEMPLATE
 
     tokens = ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
-    tok = _tokenizer(cfg, tokens, IDEFICS_TEMPLATE, unk_token="<unk>", bos_token="<s>",
-                     eos_token="<end_of_utterance>", pad_token="<unk>", image_token="<image>",
-                     image_boundary_token="<fake_token_around_image>")  # fmt: skip
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        IDEFICS_TEMPLATE,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<end_of_utterance>",
+        pad_token="<unk>",
+        image_token="<image>",
+        image_boundary_token="<fake_token_around_image>",
+    )
     cfg.image_token_id = tok.image_token_id
     cfg.perceiver_config.resampler_n_latents, cfg.perceiver_config.resampler_depth = 4, 1
     side = cfg.vision_config.image_size
@@ -435,18 +453,53 @@ def _grid_kwargs(vision) -> dict[str, Any]:
 def _glm4v_processor(cfg):
     import transformers as tf
 
-    template = _chat_template("<|{{ m['role'] }}|>\n", "", "<|begin_of_image|><|image|><|end_of_image|>",
-                              "<|assistant|>\n")  # fmt: skip
-    media = ["<|begin_of_image|>", "<|end_of_image|>", "<|image|>",
-             "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]  # fmt: skip
+    template = _chat_template(
+        "<|{{ m['role'] }}|>\n",
+        "",
+        "<|begin_of_image|><|image|><|end_of_image|>",
+        "<|assistant|>\n",
+    )
+    media = [
+        "<|begin_of_image|>",
+        "<|end_of_image|>",
+        "<|image|>",
+        "<|begin_of_video|>",
+        "<|end_of_video|>",
+        "<|video|>",
+    ]
     turns = ["<|system|>", "<|user|>", "<|assistant|>"]
-    tok = _tokenizer(cfg, ["<|endoftext|>", "[gMASK]", *turns, *media], template,
-                     bos_token="[gMASK]", eos_token="<|endoftext|>", pad_token="<|endoftext|>")  # fmt: skip
+    tok = _tokenizer(
+        cfg,
+        ["<|endoftext|>", "[gMASK]", *turns, *media],
+        template,
+        bos_token="[gMASK]",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     ids = [tok.convert_tokens_to_ids(t) for t in media]
-    (cfg.image_start_token_id, cfg.image_end_token_id, cfg.image_token_id,
-     cfg.video_start_token_id, cfg.video_end_token_id, cfg.video_token_id) = ids  # fmt: skip
+    (
+        cfg.image_start_token_id,
+        cfg.image_end_token_id,
+        cfg.image_token_id,
+        cfg.video_start_token_id,
+        cfg.video_end_token_id,
+        cfg.video_token_id,
+    ) = ids
     classes = tf.Glm4vProcessor, tf.Glm4vImageProcessor, tf.Glm4vVideoProcessor
     return tok, _grid_processor(classes, cfg, tok, template)
+
+
+def _gemma4_token_ids(cfg, tok) -> None:
+    cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
+    cfg.image_token_id = tok.image_token_id
+    cfg.video_token_id = tok.convert_tokens_to_ids("<|video|>")
+    cfg.audio_token_id, cfg.boa_token_id = tok.audio_token_id, tok.boa_token_id
+    cfg.eoa_token_index = tok.eoa_token_id
+    text = cfg.get_text_config()  # the per-layer input table covers the whole vocabulary
+    text.vocab_size_per_layer_input = text.vocab_size
+    # In generate, Gemma4 runs its KV-shared layers on the last position only, which calibration
+    # cannot measure (refused): this checkpoint has none, so the wrapper itself is what is tested.
+    text.num_kv_shared_layers = 0
 
 
 def _gemma4_processor(cfg):
@@ -454,16 +507,29 @@ def _gemma4_processor(cfg):
 
     # The default Gemma4 config has no vision tower: a one-layer one, 8-pixel patches pooled 3x3.
     cfg.vision_config = tf.Gemma4VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=16, patch_size=8, position_embedding_size=1024,
-    )  # fmt: skip
-    media = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-             "image_token": "<image_soft_token>", "audio_token": "<audio_soft_token>",
-             "boa_token": "<start_of_audio>", "eoa_token": "<end_of_audio>"}  # fmt: skip
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        patch_size=8,
+        position_embedding_size=1024,
+    )
+    media = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+        "audio_token": "<audio_soft_token>",
+        "boa_token": "<start_of_audio>",
+        "eoa_token": "<end_of_audio>",
+    }
     template = _chat_template(
         "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n",
-        "<end_of_turn>\n", "<image_soft_token>", "<start_of_turn>model\n",
-    )  # fmt: skip
+        "<end_of_turn>\n",
+        "<image_soft_token>",
+        "<start_of_turn>model\n",
+    )
     tokens = [
         "<pad>",
         "<eos>",
@@ -473,20 +539,16 @@ def _gemma4_processor(cfg):
         *media.values(),
         "<|video|>",
     ]
-    tok = _tokenizer(cfg, tokens, template, pad_token="<pad>", eos_token="<end_of_turn>",
-                     bos_token="<bos>", **media)  # fmt: skip
-    cfg.boi_token_id, cfg.eoi_token_id = tok.boi_token_id, tok.eoi_token_id
-    cfg.image_token_id, cfg.video_token_id = (
-        tok.image_token_id,
-        tok.convert_tokens_to_ids("<|video|>"),
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        template,
+        pad_token="<pad>",
+        eos_token="<end_of_turn>",
+        bos_token="<bos>",
+        **media,
     )
-    cfg.audio_token_id, cfg.boa_token_id = tok.audio_token_id, tok.boa_token_id
-    cfg.eoa_token_index = tok.eoa_token_id
-    text = cfg.get_text_config()  # the per-layer input table covers the whole vocabulary
-    text.vocab_size_per_layer_input = text.vocab_size
-    # In generate, Gemma4 runs its KV-shared layers on the last position only, which calibration
-    # cannot measure (refused): this checkpoint has none, so the wrapper itself is what is tested.
-    text.num_kv_shared_layers = 0
+    _gemma4_token_ids(cfg, tok)
     patch = {"patch_size": 8, "max_soft_tokens": 70, "pooling_kernel_size": 3}
     processor = tf.Gemma4Processor(
         feature_extractor=tf.Gemma4AudioFeatureExtractor(),
@@ -512,8 +574,16 @@ def _phi4_multimodal_processor(cfg):
         "<|image|>",
         "<|audio|>",
     ]
-    tok = _tokenizer(cfg, tokens, template, bos_token="<|endoftext|>", eos_token="<|end|>",
-                     pad_token="<|endoftext|>", image_token="<|image|>", audio_token="<|audio|>")  # fmt: skip
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        template,
+        bos_token="<|endoftext|>",
+        eos_token="<|end|>",
+        pad_token="<|endoftext|>",
+        image_token="<|image|>",
+        audio_token="<|audio|>",
+    )
     cfg.vision_config.image_token_id, cfg.audio_config.audio_token_id = (
         tok.image_token_id,
         tok.audio_token_id,
@@ -535,12 +605,13 @@ def _chat_template(turn: str, end: str, image: str, prompt: str) -> str:
     message), an image content becoming ``image`` (the placeholder the processor expands), and
     ``prompt`` the generation prompt."""
     return (
-        "{{ bos_token }}{% for m in messages %}" + turn
+        "{{ bos_token }}{% for m in messages %}"
+        + turn
         + "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
         "{% if c['type'] == 'image' %}" + image + "{% elif c['type'] == 'text' %}{{ c['text'] }}"
         "{% endif %}{% endfor %}{% endif %}" + end + "{% endfor %}"
         "{% if add_generation_prompt %}" + prompt + "{% endif %}"
-    )  # fmt: skip
+    )
 
 
 def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
@@ -558,7 +629,7 @@ def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
         extra_special_tokens=named,
         chat_template=template,
         **roles,
-    )  # fmt: skip
+    )
     cfg.get_text_config().vocab_size = tokenizer_vocab_size(tok)
     return tok
 
@@ -566,8 +637,12 @@ def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
 def _internvl_processor(cfg):
     import transformers as tf
 
-    image = {"start_image_token": "<img>", "end_image_token": "</img>",
-             "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}  # fmt: skip
+    image = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
     template = _chat_template(
         "<|im_start|>{{ m['role'] }}\n",
         "<|im_end|>\n",
@@ -575,8 +650,15 @@ def _internvl_processor(cfg):
         "<|im_start|>assistant\n",
     )
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *image.values()]
-    tok = _tokenizer(cfg, tokens, template, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                     bos_token="<|endoftext|>", **image)  # fmt: skip
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        template,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        **image,
+    )
     cfg.image_token_id = tok.context_image_token_id
     # 56x56 pixels in 14x14 patches, pixel-shuffled by 0.5: 4 tokens per image.
     cfg.vision_config.image_size, cfg.vision_config.patch_size = [56, 56], [14, 14]
@@ -599,10 +681,24 @@ def _mllama_processor(cfg):
     template = _chat_template(
         header.format("{{ m['role'] }}"), "<|eot_id|>", "<|image|>", header.format("assistant")
     )
-    tokens = ["<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>",
-              "<|start_header_id|>", "<|end_header_id|>", "<|image|>", "<|python_tag|>"]  # fmt: skip
-    tok = _tokenizer(cfg, tokens, template, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                     pad_token="<|finetune_right_pad_id|>", image_token="<|image|>")  # fmt: skip
+    tokens = [
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|finetune_right_pad_id|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|image|>",
+        "<|python_tag|>",
+    ]
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        template,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        image_token="<|image|>",
+    )
     cfg.image_token_index = tok.image_token_id
     vision = cfg.vision_config  # the projector reads the last and the intermediate hidden states
     vision.vision_output_dim = vision.hidden_size * (len(vision.intermediate_layers_indices) + 1)
@@ -624,8 +720,14 @@ def _llava_processor(cfg):
     from .tiny import LLAVA_OV_TEMPLATE
 
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
-    tok = _tokenizer(cfg, tokens, LLAVA_OV_TEMPLATE, eos_token="<|im_end|>",
-                     pad_token="<|endoftext|>", image_token="<image>")  # fmt: skip
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        LLAVA_OV_TEMPLATE,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        image_token="<image>",
+    )
     cfg.image_token_id = tok.image_token_id
     side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
     size, crop = {"shortest_edge": side}, {"height": side, "width": side}
@@ -659,8 +761,15 @@ def _mistral3_processor(cfg):
         "",
     )
     tokens = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"]
-    tok = _tokenizer(cfg, tokens, template, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                     pad_token="<unk>")  # fmt: skip
+    tok = _tokenizer(
+        cfg,
+        tokens,
+        template,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<unk>",
+    )
     cfg.image_token_index = tok.convert_tokens_to_ids("[IMG]")
     side, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
     processor = tf.PixtralProcessor(

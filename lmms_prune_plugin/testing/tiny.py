@@ -293,6 +293,40 @@ def _mrope_section(head_dim: int, weights: tuple[int, int, int]) -> list[int]:
     return sec
 
 
+def _qwen_vision(arch: str, hidden_size: int, head_dim: int, text: dict) -> tuple[dict, dict]:
+    """(vision config, rope parameters) of a tiny Qwen-VL; Qwen3-VL also sets ``head_dim``."""
+    if arch == "qwen2_vl":
+        vision = {
+            "depth": 2,
+            "embed_dim": _VISION_WIDTH,
+            "hidden_size": hidden_size,  # = the merger's output width
+            "num_heads": 2,
+            "mlp_ratio": 2,
+        }
+        return vision, {
+            "rope_type": "default",
+            "mrope_section": _mrope_section(head_dim, (2, 3, 3)),
+        }
+    vision = {
+        "depth": 2,
+        "hidden_size": _VISION_WIDTH,
+        "out_hidden_size": hidden_size,
+        "intermediate_size": 2 * _VISION_WIDTH,
+        "num_heads": 2,
+    }
+    if arch == "qwen2_5_vl":
+        vision["fullatt_block_indexes"] = [1]  # layer 0 windowed, layer 1 full, like the real mix
+        return vision, {
+            "rope_type": "default",
+            "mrope_section": _mrope_section(head_dim, (2, 3, 3)),
+        }
+    vision["num_position_embeddings"] = 256  # 16x16 learned grid, interpolated per image
+    vision["deepstack_visual_indexes"] = [0]
+    text["head_dim"] = head_dim
+    rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim, (2, 1, 1))}
+    return vision, rope | {"mrope_interleaved": True}
+
+
 def _build_config(
     arch: str, num_layers: int, hidden_size: int, tok: PreTrainedTokenizerFast, overrides: dict
 ) -> PreTrainedConfig:
@@ -301,45 +335,10 @@ def _build_config(
     text = _text_kwargs(num_layers, hidden_size, tok)
     head_dim = hidden_size // text["num_attention_heads"]
     ids = {t: tok.convert_tokens_to_ids(t) for t in _SPECS[arch].tokens}
-    config_cls = CONFIG_MAPPING[arch]
-    top_o, text_o, vision_o = _split_overrides(config_cls, overrides)
+    top_o, text_o, vision_o = _split_overrides(CONFIG_MAPPING[arch], overrides)
 
     if arch in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-        if arch == "qwen2_vl":
-            vision = {
-                "depth": 2,
-                "embed_dim": _VISION_WIDTH,
-                "hidden_size": hidden_size,  # = the merger's output width
-                "num_heads": 2,
-                "mlp_ratio": 2,
-            }
-            rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim, (2, 3, 3))}
-        elif arch == "qwen2_5_vl":
-            vision = {
-                "depth": 2,
-                "hidden_size": _VISION_WIDTH,
-                "out_hidden_size": hidden_size,
-                "intermediate_size": 2 * _VISION_WIDTH,
-                "num_heads": 2,
-                "fullatt_block_indexes": [1],  # layer 0 windowed, layer 1 full, like the real mix
-            }
-            rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim, (2, 3, 3))}
-        else:
-            vision = {
-                "depth": 2,
-                "hidden_size": _VISION_WIDTH,
-                "out_hidden_size": hidden_size,
-                "intermediate_size": 2 * _VISION_WIDTH,
-                "num_heads": 2,
-                "num_position_embeddings": 256,  # 16x16 learned grid, interpolated per image
-                "deepstack_visual_indexes": [0],
-            }
-            text["head_dim"] = head_dim
-            rope = {
-                "rope_type": "default",
-                "mrope_section": _mrope_section(head_dim, (2, 1, 1)),
-                "mrope_interleaved": True,
-            }
+        vision, rope = _qwen_vision(arch, hidden_size, head_dim, text)
         text["rope_parameters"] = {"rope_theta": 1_000_000.0, **rope}
         return AutoConfig.for_model(
             arch,
@@ -352,6 +351,13 @@ def _build_config(
             tie_word_embeddings=False,
             **top_o,
         )
+    return _siglip_config(arch, text | text_o, vision_o, ids, tok, top_o)
+
+
+def _siglip_config(arch: str, text: dict, vision_o: dict, ids: dict, tok, top_o: dict):
+    """LLaVA-OneVision, or Idefics3 / SmolVLM (a Llama text model behind a pixel-shuffle
+    connector), with a tiny SigLIP tower."""
+    from transformers import AutoConfig
 
     siglip = {
         "hidden_size": _VISION_WIDTH,
@@ -365,7 +371,7 @@ def _build_config(
         side = _SIGLIP_IMAGE
         return AutoConfig.for_model(
             arch,
-            text_config={"model_type": "qwen2", **text, **text_o},
+            text_config={"model_type": "qwen2", **text},
             vision_config={"model_type": "siglip_vision_model", **siglip, **vision_o},
             image_token_index=ids["<image>"],
             video_token_index=ids["<video>"],
@@ -375,10 +381,9 @@ def _build_config(
             tie_word_embeddings=False,
             **top_o,
         )
-    # idefics3 / smolvlm: Llama text model behind a pixel-shuffle connector.
     return AutoConfig.for_model(
         arch,
-        text_config={"model_type": "llama", **text, **text_o},
+        text_config={"model_type": "llama", **text},
         vision_config={**siglip, **vision_o},
         image_token_id=ids["<image>"],
         pad_token_id=tok.pad_token_id,  # top-level copy, else it defaults to Llama-3's 128002
