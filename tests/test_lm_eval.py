@@ -279,6 +279,33 @@ def test_the_wrong_model_kind_is_named(no_load, text_lm_dir):
     assert no_load == {}
 
 
+def test_image_and_text_requests_each_take_their_path_and_keep_their_order(monkeypatch):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.hf_vlms import HFMultimodalLM
+
+    from lmms_prune_plugin.harnesses.lm_eval_models import PrunedVLM
+
+    calls = []
+
+    def parent(self, requests, disable_tqdm=False):
+        kinds = {len(r.args) for r in requests}
+        calls.append(kinds)
+        assert len(kinds) == 1  # hf-multimodal's own generate_until needs one kind per call
+        return [f"{len(r.args)}:{r.args[0]}" for r in requests]
+
+    monkeypatch.setattr(HFMultimodalLM, "generate_until", parent)
+    lm = object.__new__(PrunedVLM)
+    lm._calibrating = True  # no prompt check: this is about routing
+
+    def request(i, image):
+        args = (f"q{i}", {"until": []}, *([{"visual": []}] if image else []))
+        return Instance("generate_until", {}, args, idx=0, metadata=("t", i, 1))
+
+    mixed = [request(i, image=i % 3 == 0) for i in range(7)]
+    assert lm.generate_until(mixed) == [f"{len(r.args)}:{r.args[0]}" for r in mixed]
+    assert calls == [{3}, {2}]
+
+
 # -- the launcher ------------------------------------------------------------------------------
 def _demo_argv(*extra):
     return [
@@ -307,6 +334,19 @@ def test_launcher_refusals_exit_non_zero(no_load, logged, extra, pattern):
 
     assert main(_demo_argv(*extra)) == 1
     assert any(re.search(pattern, m) for m in logged) and no_load == {}
+
+
+def test_only_our_refusals_are_reported_without_a_traceback():
+    from lmms_prune_plugin.harnesses.lm_eval import _failure
+    from lmms_prune_plugin.planner import PruneOptions
+
+    with pytest.raises(ValueError) as ours:
+        PruneOptions.parse(budget="four")
+    with pytest.raises(ValueError) as theirs:
+        _ctx, _kwargs, _aux = ("context", {})  # what lm-eval's hf-multimodal hits on mixed requests
+    assert _failure(ours.value) == f"lmms-prune lm-eval: {ours.value}"
+    text = _failure(theirs.value)
+    assert "Traceback" in text and "test_lm_eval.py" in text and "not enough values" in text
 
 
 def test_launcher_shares_lm_eval_prompt_settings(no_load):
@@ -485,7 +525,9 @@ def test_plans_are_cached_by_prompt_settings_and_saved_plans_reload(text_lm_dir,
 
 
 @pytest.mark.slow
-def test_text_only_task_through_pruned_vlm_with_text_calibration():
+def test_text_and_image_tasks_together_through_pruned_vlm():
+    """hf-multimodal picks one path per call from the first request; pruned_vlm runs image and
+    text-only requests of one evaluation each on its own path."""
     from lm_eval import simple_evaluate
 
     lm = _vlm(
@@ -499,13 +541,14 @@ def test_text_only_task_through_pruned_vlm_with_text_calibration():
     assert len(lm.model.model.language_model.layers) == 10
     out = simple_evaluate(
         model=lm,
-        tasks=["prune_gsm_demo"],
-        limit=2,
+        tasks=["prune_demo_math", "prune_gsm_demo"],
+        limit=3,
         task_manager=_manager(),
         apply_chat_template=True,
         fewshot_as_multiturn=True,
     )
     assert "exact_match,flexible-extract" in out["results"]["prune_gsm_demo"]
+    assert 0 <= out["results"]["prune_demo_math"]["exact_match,none"] <= 1
     assert out["config"]["prune_plan"]["calibration"]["sets"] == {"math": "prune_calib_text_math"}
 
 

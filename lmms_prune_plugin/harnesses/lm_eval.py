@@ -23,6 +23,7 @@ import io
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -139,14 +140,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(err)
     except KeyboardInterrupt:
         return 130
-    except ValueError as err:  # a refused argument: the message says what to change
-        logger.error(f"lmms-prune lm-eval: {err}")
-        return 1
     except Exception as err:
-        trace = "".join(traceback.format_exception(err)).rstrip()
-        logger.error(f"lmms-prune lm-eval: {type(err).__name__}: {err}\n{trace}")
+        logger.error(_failure(err))
         return 1
     return 0
+
+
+def _failure(err: Exception) -> str:
+    """One line for an argument this package refused (its message says what to change); the
+    traceback for anything else."""
+    frames = traceback.extract_tb(err.__traceback__)
+    ours = bool(frames) and "lmms_prune_plugin" in Path(frames[-1].filename).parts
+    if isinstance(err, ValueError) and ours:
+        return f"lmms-prune lm-eval: {err}"
+    trace = "".join(traceback.format_exception(err)).rstrip()
+    return f"lmms-prune lm-eval: {type(err).__name__}: {err}\n{trace}"
 
 
 if __name__ == "__main__":

@@ -326,8 +326,21 @@ class _PruneOnLoad:
             )
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        """The parent's, per kind of request: lm-eval's hf-multimodal takes the image or the
+        text path for a whole call from its first request, so image and text-only tasks
+        evaluated together would fail; here each kind runs on its own path."""
         self._check_prompts(requests)
-        return super().generate_until(requests, disable_tqdm=disable_tqdm)
+        parent = super().generate_until
+        images = [len(r.args) > 2 for r in requests]
+        if all(images) or not any(images):
+            return parent(requests, disable_tqdm=disable_tqdm)
+        out: list = [None] * len(requests)
+        for kind in (True, False):
+            index = [i for i, has in enumerate(images) if has is kind]
+            answers = parent([requests[i] for i in index], disable_tqdm=disable_tqdm)
+            for i, answer in zip(index, answers, strict=True):
+                out[i] = answer
+        return out
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
         self._check_prompts(requests)
