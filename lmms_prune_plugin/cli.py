@@ -686,19 +686,6 @@ REPORT_FILES = (
 )
 
 
-def _report_regimes(a, board):
-    from .report import regimes, regimes_ci
-
-    if board.has_docs:
-        return regimes_ci(board, a.bootstrap, a.confidence, a.seed, a.family)
-    print(
-        "report: the sweep rows hold no per-document results, so no intervals; regimes by "
-        f"the spread rule (converge={a.converge} points)",
-        file=sys.stderr,
-    )
-    return regimes(board, converge=a.converge)
-
-
 def cmd_report(a) -> int:
     """One leaderboard of every input: sweep files (lmms-eval), lm-eval output folders and
     VLMEvalKit model folders, each told by its content; every input is read and checked

@@ -78,7 +78,7 @@ def _split_names(value: str) -> list[str]:
 
 
 def _calib_task(name: str) -> str | None:
-    from lmms_prune_plugin.calibration import resolve_task_name
+    from lmms_prune_plugin.requests import resolve_task_name
 
     return None if name.lower() == "none" else resolve_task_name(name)
 
@@ -127,7 +127,8 @@ def shell_tasks(text: str, env: dict[str, str]) -> list[str]:
         if line.lstrip().startswith("#"):
             continue
         for value in _TASKS_VAR.findall(line):
-            names += _split_names(_expand(value.strip("\"'"), env))
+            if not value.startswith(("$(", "\"$(")):  # a folder computed by a command
+                names += _split_names(_expand(value.strip("\"'"), env))
         if not re.search(r"lmms-prune|lmms-eval|lmms_eval", line):
             continue
         try:
