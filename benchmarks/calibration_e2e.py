@@ -4,7 +4,8 @@ What a user waits for when ``pruned_vlm`` calibrates: the requests built from th
 task, the base wrapper's ``generate_until`` (its chat template, image handling and processor,
 ``generate`` of one new token, as many documents a call as its batch size), the capture hooks
 and the statistics. *e2e* is one calibration pass of a ``pruned_vlm`` built with ``batch_size``
-(``Calibrator.calibrate`` of one domain, rerun). *bound* is the least that work can cost: the
+(a fresh ``Calibrator`` on its harness source, one domain: requests built from the task, then
+run). *bound* is the least that work can cost: the
 same documents, in the same batches, through the processor (chat template, then one processor
 call a batch) and one batched forward of the model inside ``LayerCapture``, with no harness.
 Both measure the same tokens (checked before timing: equal token counts and forwards).
@@ -42,8 +43,13 @@ def load(pretrained: str | None, batch_size: int, docs: int, extra: dict) -> Any
 
 
 def e2e(lm) -> Any:
-    """One calibration pass of ``lm`` as ``pruned_vlm`` runs it (never from memory or cache)."""
-    return lm.planner.calibrator.calibrate(DOMAIN, _rerun=True).stats
+    """One calibration pass as ``lm`` runs it when it plans: a fresh ``Calibrator`` on its
+    harness source builds the domain's requests from the task and runs them (nothing from
+    memory or cache)."""
+    from .package import Calibrator
+
+    cal = lm.planner.calibrator
+    return Calibrator(cal.source, cal.model, cal.config, cal.run_key).calibrate(DOMAIN).stats
 
 
 class Bound:

@@ -21,6 +21,7 @@ WHERE: dict[str, str] = {
     "save_tiny_vlm": "lmms_prune_plugin.testing",
     "wrapper_kwargs": "lmms_prune_plugin.testing",
     "CalibrationConfig": "lmms_prune_plugin.calibration",
+    "Calibrator": "lmms_prune_plugin.calibration",
     "build_requests": "lmms_prune_plugin.requests",
     "Planner": "lmms_prune_plugin.planner",
     "LmmsEvalSource": "lmms_prune_plugin.harnesses.lmms_eval_source",
