@@ -566,7 +566,8 @@ def _calibration_e2e(ce: dict[str, Any]) -> list[str]:
             d, w = r["docs_per_s"], r["work"]
             rows.append(
                 [
-                    f"{m['name']} ({m['model']['num_layers']} layers, hidden {m['model']['hidden_size']})",
+                    f"{m['name']} ({m['model']['num_layers']} layers, "
+                    f"hidden {m['model']['hidden_size']})",
                     str(r["batch_size"]),
                     str(r["docs"]),
                     _f(d["e2e"]["cpu"], 1),
@@ -694,7 +695,8 @@ def _vllm(v: dict[str, Any], pr: dict[str, Any] | None) -> list[str]:
         [
             f"{r['removed']} of {r['layers']}",
             str(r["batch"]),
-            f"{_f(r['decode_ms_per_token_unpruned'], 1)} -> {_f(r['decode_ms_per_token_pruned'], 1)}",
+            f"{_f(r['decode_ms_per_token_unpruned'], 1)} -> "
+            f"{_f(r['decode_ms_per_token_pruned'], 1)}",
             _speedup_cell(r["speedup"]),
             _x(r["target"], 2),
             _x(r["whole_model_ideal"], 2),
@@ -707,8 +709,9 @@ def _vllm(v: dict[str, Any], pr: dict[str, Any] | None) -> list[str]:
         "### Decode in vLLM, beside transformers",
         "",
         f"From `{v['file']}`, the run it came from: {v['date']}, vLLM {m.get('vllm', '?')}, "
-        f"torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}, {m.get('cpu', '?')}, "
-        f"{m.get('cores', '?')} cores (`python -m benchmarks.vllm_speedup` in the vLLM environment; "
+        f"torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}, "
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores (`python -m benchmarks.vllm_speedup` "
+        "in the vLLM environment; "
         "not this run). A random Qwen2 causal LM with vLLM's dummy weights, L - k layers, "
         f"{v.get('new_tokens', '?')} new tokens after {v.get('prompt_len', '?')}-token prompts, "
         "greedy; per-step decode = (time for N tokens - time for 1) / (N - 1), wall clock (the "

@@ -92,8 +92,8 @@ class Config:
     heal_plan: Adaptive = Adaptive(min_rounds=6, max_rounds=40, cap_s=45.0)
 
 
-# The full run: about 15 minutes on 2 cores (parts 5 and 6: about 5). Each cap is the timed part's budget in seconds; a
-# part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
+# The full run: about 15 minutes on 2 cores (parts 5 and 6: about 5). Each cap is the timed
+# part's budget in seconds; a part stops earlier once every interval it decides on is within +-2% (+-1% for the load, whose
 # target is 1.02). A median needs 6 rounds for any 95% interval (benchmarks/stats.py), so every
 # one-stage ratio gets at least 6; the speed-ups' unit is the allocation, 5 of them (Student's t
 # with 4 degrees of freedom, half the width of 3 allocations at the same spread).

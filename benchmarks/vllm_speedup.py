@@ -149,16 +149,19 @@ def markdown(result: dict) -> str:
     from .report import ci
 
     lines = [
-        "| L | k | batch | ms/token unpruned | ms/token pruned | speed-up [95% interval] | 0.9 L/(L-k) | whole-model ideal | verdict |",
+        "| L | k | batch | ms/token unpruned | ms/token pruned | speed-up [95% interval] "
+        "| 0.9 L/(L-k) | whole-model ideal | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['layers']} | {r['removed']} | {r['batch']} | {r['decode_ms_per_token_unpruned']:.1f} | "
-        f"{r['decode_ms_per_token_pruned']:.1f} | {ci(r['speedup'], 2)} | {r['target']:.2f} | "
+        f"| {r['layers']} | {r['removed']} | {r['batch']} | "
+        f"{r['decode_ms_per_token_unpruned']:.1f} | {r['decode_ms_per_token_pruned']:.1f} | "
+        f"{ci(r['speedup'], 2)} | {r['target']:.2f} | "
         f"{r['whole_model_ideal']:.2f} | {r['verdict']} |"
         for r in result["rows"]
     ]
-    head = f"vLLM {vllm.__version__}, {result['machine']['cpu']}, {result['date']}, {result['rounds']} rounds"
+    m = result["machine"]
+    head = f"vLLM {vllm.__version__}, {m['cpu']}, {result['date']}, {result['rounds']} rounds"
     return f"{head}\n\n" + "\n".join(lines) + "\n"
 
 
