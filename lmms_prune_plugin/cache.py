@@ -22,7 +22,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from . import __version__
-from .plan import PrunePlan, atomic_write_text
+from .files import atomic_write_text
 
 ENV_VAR = "LMMS_PRUNE_CACHE"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -297,21 +297,6 @@ class Cache:
         """Write ``data`` atomically with the key, kind and package version it is for."""
         entry = dict(data) | {"_key": k, "_kind": kind, "_package_version": __version__}
         return atomic_write_text(self.path(kind, k), json.dumps(entry, sort_keys=True))
-
-    def get_plan(self, k: str) -> PrunePlan | None:
-        data = self.get("plan", k)
-        if data is None:
-            return None
-        try:
-            return PrunePlan.from_dict(data)
-        except ValueError as err:
-            logger.warning(
-                f"lmms-prune: cache entry {self.path('plan', k)} is not a valid plan ({err}); recomputing it"
-            )
-            return None
-
-    def put_plan(self, k: str, plan: PrunePlan) -> Path:
-        return self.put("plan", k, plan.to_dict())
 
     def check_writable(self) -> None:
         """Fail now, before calibration, if entries cannot be written here."""

@@ -25,22 +25,16 @@ import csv
 import json
 import math
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 from loguru import logger
 
-LMMS_EVAL, LM_EVAL, VLMEVAL = "lmms-eval", "lm-eval", "vlmeval"
-HARNESSES = (LMMS_EVAL, LM_EVAL, VLMEVAL)
+from .rows import LM_EVAL, VLMEVAL, primary_metric
+
 _EVAL_ID = re.compile(r"^T\d{8}-\d{6}$|^T\d{8}_G[0-9a-fA-F]+$")  # VLMEvalKit's run subfolders
 _PLAN_KEYS = ("model", "num_layers", "removed", "criterion", "strategy", "budget")
 # lm-eval's results hold one entry per leaf task and group; a metric is "name,filter".
 _NOT_METRICS = ("alias", "name", "sample_len", "sample_count")
-
-
-def harness_of(row: Mapping) -> str:
-    """Which harness evaluated a row; rows without the field come from lmms-eval sweeps."""
-    return str(row.get("harness") or LMMS_EVAL)
 
 
 def read_source(path: str | Path) -> list[dict]:
@@ -256,7 +250,6 @@ def _lm_eval_metrics(f: Path, data: dict) -> dict[str, dict[str, float]]:
 
 def _lm_eval_documents(f: Path, metrics: dict) -> dict[str, dict]:
     """Per-document headline scores from ``--log_samples`` files, where they are."""
-    from .report import primary_metric
 
     date = f.stem.removeprefix("results_")
     out = {}

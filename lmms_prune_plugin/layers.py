@@ -138,7 +138,9 @@ def plan_removal(model: nn.Module, indices: Iterable[int]) -> structure.Removal:
     keep = [i for i in range(old) if i not in set(removed)]
     configs = text_configs(model, decoder)
     arch = _arch(model)
-    rules = structure.get_layer_rules()
+    from .plugins import get_layer_rules
+
+    rules = get_layer_rules()
     for config in configs:
         structure.plan_config_edits(config, old, keep, rules, arch, removal)
     rename = _renamer(decoder.path, keep)

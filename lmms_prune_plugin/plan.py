@@ -6,7 +6,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from torch import nn
 
 from . import __version__
+from .files import atomic_write_text
 from .layers import find_decoder_layers, remove_decoder_layers_, validate_removal
 
 PLAN_FORMAT = 1
@@ -243,28 +243,3 @@ def content_hash(items: Sequence[Any]) -> str:
     for item in items:
         h.update(json.dumps(item, sort_keys=True, default=str).encode())
     return h.hexdigest()
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:  # name the file asked for, not our temporary one
-        raise OSError(err.errno, f"cannot write {str(path)!r}: {err.strerror}") from err
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a plain write would not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it; set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -309,7 +309,7 @@ class Planner:
             o = options[i]
             plan = self._make(o, stats, orders)
             if self.cache is not None and is_main():
-                self.cache.put_plan(self.plan_key(o), plan)
+                self.cache.put("plan", self.plan_key(o), plan.to_dict())
             out[i] = plan
         return out  # type: ignore[return-value]
 
@@ -418,7 +418,15 @@ class Planner:
         if self.cache is None:
             return None
         k = self.plan_key(o)
-        plan = self.cache.get_plan(k)
+        data = self.cache.get("plan", k)
+        try:
+            plan = None if data is None else PrunePlan.from_dict(data)
+        except ValueError as err:
+            logger.warning(
+                f"lmms-prune: cache entry {self.cache.path('plan', k)} is not a valid plan "
+                f"({err}); recomputing it"
+            )
+            return None
         if plan is None:
             return None
         problem = plan.problem_for(self.identity, o) or derivation_problem(plan, o)

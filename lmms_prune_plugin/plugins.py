@@ -50,6 +50,12 @@ def get_calibration_sets() -> dict:
     return _collect("register_calibration_sets")
 
 
+def get_layer_rules() -> tuple:
+    """Every registered layer rule, names unique; field-specific rules before pattern rules."""
+    rules = list(_collect("register_layer_rules").values())
+    return tuple(sorted(rules, key=lambda r: (not r.specific, r.name)))
+
+
 def get_criterion(name: str):
     """The criterion called ``name``; the error lists the registered names."""
     return _lookup(get_criteria(), "criterion", name)

@@ -34,16 +34,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .rows import LMMS_EVAL, harness_of, primary_metric
+
 MATH_HINTS = ("math", "wemath", "dynamath", "logicvista", "geometry", "arith")
 NON_MATH_HINTS = ("nonmath", "non_math", "non-math")
-PREFERRED_METRICS = (
-    "exact_match,none",
-    "acc,none",
-    "accuracy,none",
-    "relaxed_overall,none",
-    "gpt_eval_score,none",
-    "Overall",  # VLMEvalKit's headline (harness_rows)
-)
 
 
 def _traits(strategy: str) -> tuple[bool, bool]:
@@ -53,17 +47,6 @@ def _traits(strategy: str) -> tuple[bool, bool]:
 
     found = get_strategies().get(strategy)
     return (found.uses_scores, found.spacing_aware) if found else (True, False)
-
-
-def primary_metric(metrics: dict[str, float]) -> tuple[str, float]:
-    """The task's headline number: a preferred metric if present, else the first in name order."""
-    for name in PREFERRED_METRICS:
-        if name in metrics:
-            return name, metrics[name]
-    if not metrics:
-        raise ValueError("a task in the sweep has no numeric metric")
-    name = sorted(metrics)[0]
-    return name, metrics[name]
 
 
 def is_math_task(task: str, math_tasks: Sequence[str] | None = None) -> bool:
@@ -78,7 +61,6 @@ def is_math_task(task: str, math_tasks: Sequence[str] | None = None) -> bool:
 
 def cell_of(row: dict) -> tuple:
     """A report's cell: rows of other engines or harnesses stand beside each other."""
-    from .harness_rows import harness_of
 
     return row["model"], harness_of(row), method(row), row["budget"], row.get("engine", "hf")
 
@@ -110,7 +92,6 @@ def check_rows(rows: list[dict], allow_mixed: bool = False) -> None:
 
 
 def _check_one_configuration(rows: list[dict]) -> None:
-    from .harness_rows import LMMS_EVAL, harness_of
     from .sweep import settings_difference
 
     first: dict[tuple, dict] = {}
@@ -191,7 +172,6 @@ class Leaderboard:
 def leaderboard(rows: list[dict], math_tasks: Sequence[str] | None = None) -> Leaderboard:
     """One record per (model, harness, method, budget, engine): per-task scores (in points)
     and group averages."""
-    from .harness_rows import harness_of
 
     tasks = sorted({t for r in rows for t in r["metrics"]})
     maths = [t for t in tasks if is_math_task(t, math_tasks)]

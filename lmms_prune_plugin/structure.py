@@ -144,14 +144,6 @@ BUILTIN_LAYER_RULES: tuple[LayerRule, ...] = (
 )
 
 
-def get_layer_rules() -> tuple[LayerRule, ...]:
-    """Every registered rule, names unique; field-specific rules before pattern rules."""
-    from .plugins import _collect
-
-    rules = list(_collect("register_layer_rules").values())
-    return tuple(sorted(rules, key=lambda r: (not r.specific, r.name)))
-
-
 @dataclass
 class Edit:
     """``setattr(target, attr, new)``; ``old`` is what :func:`undo` puts back."""

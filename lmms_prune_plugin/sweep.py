@@ -23,6 +23,7 @@ from .layers import decoder_layers_removed
 from .models import engine as engines
 from .planner import BASELINE, PruneOptions, recorded_scores
 from .plugins import get_strategy
+from .rows import primary_metric
 from .strategies import StrategyOptions
 
 SWEPT = ("criterion", "strategy", "budget")  # one value per cell; every other option is shared
@@ -299,7 +300,6 @@ def document_scores(results: dict) -> dict[str, dict]:
 
     A task whose samples do not carry that metric as a number is left out (its score stays
     in ``metrics``; the report then has no interval for it)."""
-    from .report import primary_metric
 
     out = {}
     samples = results.get("samples") or {}
