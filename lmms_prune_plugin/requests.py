@@ -72,11 +72,16 @@ def _task_dict(task_name: str, task: str, task_manager, task_type: str, param: s
         offline = (
             os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         )
+        # Only a download that failed is blamed on being offline; a task YAML without
+        # doc_to_target, say, fails inside lmms-eval with a TypeError.
+        downloading = isinstance(err, ConnectionError | OSError) or type(err).__module__.startswith(
+            ("datasets", "huggingface_hub", "requests", "urllib3")
+        )
         hint = (
             "; HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set, so its dataset cannot be downloaded: "
             "use an offline set such as prune_calib_math / prune_calib_nonmath, or go online once"
-            if offline
-            else ""
+            if offline and downloading
+            else "; its YAML or task code failed: check the task's files"
         )
         raise ValueError(
             f"{param}={task_name!r}: lmms-eval knows task {task!r} but could not load it "

@@ -147,7 +147,9 @@ def test_a_huge_or_binary_plan_file_is_refused(tmp_path):
         PrunePlan.load(huge)
     binary = tmp_path / "bin.json"
     binary.write_bytes(bytes(range(256)))
-    with pytest.raises(ValueError, match=r"plan=.* is not a valid prune plan: it is not UTF-8 text"):
+    with pytest.raises(
+        ValueError, match=r"plan=.* is not a valid prune plan: it is not UTF-8 text"
+    ):
         PrunePlan.load(binary)
 
 
@@ -288,3 +290,23 @@ def test_the_lmms_eval_command_exits_non_zero_when_pruned_vlm_fails(tmp_path, mo
     assert run.returncode == 1, out[-3000:]
     assert "budget" in out and "exits 1" in out
     assert not list(tmp_path.rglob("*results*.json"))
+
+
+# ------------------------------------------------------------------ task code that fails
+def test_a_task_that_fails_to_build_is_not_blamed_on_being_offline(ckpt, tmp_path):
+    """A calibration task without doc_to_target fails inside lmms-eval: the error says its
+    files failed, not that a dataset cannot be downloaded."""
+    folder = tmp_path / "tasks"
+    shutil.copytree(Path(TASKS) / "prune_test", folder)
+    text = (folder / "prune_test_colours.yaml").read_text()
+    text = text.replace("task: prune_test_colours", "task: prune_test_notarget")
+    (folder / "prune_test_colours.yaml").write_text(text.replace("doc_to_target: answer\n", ""))
+    (folder / "notext.yaml").unlink()
+    (folder / "prune_test_colours_b.yaml").unlink()
+    with pytest.raises(
+        ValueError, match=r"calib_math='prune_test_notarget'.*YAML or task code"
+    ) as err:
+        pruned(
+            ckpt, calib_math="prune_test_notarget", calib_nonmath="none", include_path=str(folder)
+        )
+    assert "cannot be downloaded" not in str(err.value)
