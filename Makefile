@@ -74,3 +74,25 @@ $(VLLM_VENV)/.installed: pyproject.toml constraints-vllm.txt scripts/vllm_cpu_to
 test-vllm: install $(VLLM_VENV)/.installed
 	$(OFFLINE) LMMS_PRUNE_VLLM_TESTS=1 LMMS_PRUNE_MAIN_PYTHON=$(abspath $(PY)) \
 		$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
+
+# VLMEvalKit: its own environment (it pins antlr4 4.11.1, which breaks lmms-eval's MathVision
+# code, and installs opencv-python beside opencv-python-headless), lmms-prune without its lmms-eval
+# dependency, then tests/vlmeval (not collected by `make test`); the project's Python
+# (LMMS_PRUNE_MAIN_PYTHON) computes lmms-eval's plan of the demo for comparison.
+VLMEVAL_VENV ?= .venv-vlmeval
+VLMEVAL_PY := $(VLMEVAL_VENV)/bin/python
+VLMEVAL_DEPS := ms-vlmeval torch torchvision transformers pluggy loguru tqdm safetensors peft \
+	accelerate xxhash matplotlib pillow easy-vqa pytest
+
+.PHONY: test-vlmeval
+
+$(VLMEVAL_VENV)/.installed: pyproject.toml constraints-vlmeval.txt
+	test -x $(VLMEVAL_PY) || $(PYTHON) -m venv $(VLMEVAL_VENV)
+	$(VLMEVAL_PY) -m pip install -q --upgrade pip
+	$(VLMEVAL_PY) -m pip install -q -c constraints-vlmeval.txt $(VLMEVAL_DEPS)
+	$(VLMEVAL_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+test-vlmeval: install $(VLMEVAL_VENV)/.installed
+	$(OFFLINE) LMMS_PRUNE_VLMEVAL_TESTS=1 LMMS_PRUNE_MAIN_PYTHON=$(abspath $(PY)) \
+		$(VLMEVAL_PY) -m pytest -q -p no:cacheprovider tests/vlmeval

@@ -919,11 +919,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ls.set_defaults(fn=cmd_list)
     _report_parser(sub, common)
+    for name, (_, what) in HARNESS_COMMANDS.items():  # listed in --help; main hands them over
+        sub.add_parser(name, help=what, add_help=False)
     return p
+
+
+#: ``lmms-prune <harness> ...``: that harness's own command line, with our pruned models
+#: registered (VLMEvalKit's runs in its own environment: docs/harnesses-and-engines.md).
+HARNESS_COMMANDS = {
+    "lm-eval": (
+        "lm_eval",
+        "EleutherAI's lm-evaluation-harness (lm_eval run ...), --model pruned_vlm",
+    ),
+    "vlmeval": ("vlmeval", "VLMEvalKit's run (--model ... --prune criterion=math,budget=4 ...)"),
+}
+
+
+def run_harness(name: str, argv: list[str]) -> int:
+    """Hand the rest of the command line to the harness launcher (imported only now: importing
+    VLMEvalKit turns certificate checks off for the whole process)."""
+    import importlib
+
+    module = importlib.import_module(f"{__package__}.harnesses.{HARNESS_COMMANDS[name][0]}")
+    return module.main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``lmms-prune`` command; errors in what was given end it with status 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in HARNESS_COMMANDS:
+        return run_harness(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     from .demo.model import DemoModelError
 

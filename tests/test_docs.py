@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from lmms_prune_plugin.cli import HARNESS_COMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -201,8 +203,8 @@ def model_args(text: str) -> dict[str, str]:
 
 @functools.cache
 def named_params(model: str, simple: bool) -> frozenset[str]:
-    from lmms_prune_plugin.models.base import wrapper_class
     from lmms_prune_plugin.models.arguments import _named_params
+    from lmms_prune_plugin.models.base import wrapper_class
 
     return frozenset(_named_params(wrapper_class(model, simple)))
 
@@ -289,8 +291,38 @@ def lmms_eval_options(argv: tuple[str, ...]) -> dict[str, str]:
     return opts
 
 
+def check_harness_command(name: str, argv: list[str]) -> None:
+    """``lmms-prune vlmeval``: our launcher's own flags parse; ``lmms-prune lm-eval``: it runs
+    one of our models, whose model_args are pruned_vlm's option records."""
+    if name == "vlmeval":
+        from lmms_prune_plugin.harnesses.vlmeval import check_ours, split_args
+
+        ours, _ = split_args(argv)
+        assert ours.model, "lmms-prune vlmeval needs --model"
+        if ours.prune is not None:
+            check_ours(ours)
+        return
+    opts = lmms_eval_options(tuple(argv))
+    assert opts.get("model") in {"pruned_vlm", "pruned_lm"}, f"--model {opts.get('model')!r}"
+    from lm_eval.models.hf_vlms import HFMultimodalLM
+
+    from lmms_prune_plugin.calibration import CalibrationOptions
+    from lmms_prune_plugin.models.arguments import LoadOptions
+    from lmms_prune_plugin.planner import PruneOptions
+
+    ours = set(LoadOptions.names()) | set(CalibrationOptions.names()) | set(PruneOptions.names())
+    from lmms_prune_plugin.models.arguments import _named_params
+
+    harness = set(_named_params(HFMultimodalLM))
+    unknown = set(model_args(opts.get("model_args", ""))) - ours - harness
+    assert not unknown, f"model_args {sorted(unknown)} are neither ours nor lm-eval's"
+
+
 def check_command(cmd: Command) -> None:
     """AssertionError naming what in ``cmd`` the current code would refuse."""
+    if cmd.program == "lmms-prune" and cmd.argv and cmd.argv[0] in HARNESS_COMMANDS:
+        check_harness_command(cmd.argv[0], list(cmd.argv[1:]))
+        return
     if cmd.program == "lmms-prune":
         args = parse_lmms_prune(cmd.argv)
         if args is not None and getattr(args, "model_args", ""):
@@ -365,7 +397,7 @@ def test_doc_command_works_with_the_code(cmd):
 
 def test_docs_show_every_subcommand_and_the_headline():
     shown = {c.argv[0] for c in COMMANDS if c.program == "lmms-prune" and c.argv}
-    assert {"rank", "export", "sweep", "heal", "list", "report"} <= shown
+    assert {"rank", "export", "sweep", "heal", "list", "report", *HARNESS_COMMANDS} <= shown
     readme = [c for c in COMMANDS if c.where.startswith("README.md:")]
     headline = [c for c in readme if c.program == "lmms-eval" and "pruned_vlm" in c.argv]
     assert headline, "README.md shows no lmms-eval command with pruned_vlm"
