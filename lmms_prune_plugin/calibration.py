@@ -8,6 +8,7 @@ Only :mod:`.planner` builds a :class:`Calibrator`.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -133,6 +134,18 @@ class CalibrationConfig:
 
 
 _MAX_FOLDER_ENTRIES = 20000  # lmms-eval parses every YAML below an include path
+_CHECKED_FOLDERS: dict[str, tuple] = {}
+
+
+def _yaml_stamp(folder: str) -> tuple:
+    """Every YAML below ``folder`` by name, size and mtime: what a re-check would read."""
+    found = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.endswith(".yaml"):
+                st = os.stat(os.path.join(root, f))
+                found.append((os.path.join(root, f), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
 
 
 def check_task_folder(name: str, folder: str) -> None:
@@ -145,6 +158,8 @@ def check_task_folder(name: str, folder: str) -> None:
 
     if not Path(folder).is_dir():
         raise ValueError(f"{name}={folder!r} is not allowed; give an existing task folder")
+    if folder in _CHECKED_FOLDERS and _CHECKED_FOLDERS[folder] == _yaml_stamp(folder):
+        return  # checked in this process and unchanged since (a sweep loads many times)
     seen = 0
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d not in ("__pycache__", ".ipynb_checkpoints")]
@@ -167,6 +182,7 @@ def check_task_folder(name: str, folder: str) -> None:
                     f"({why}); lmms-eval reads every .yaml below {name}: give a folder that holds "
                     "only task YAMLs"
                 )
+    _CHECKED_FOLDERS[folder] = _yaml_stamp(folder)
 
 
 def _parse_cache(value: object) -> tuple[bool, str | None]:

@@ -64,7 +64,7 @@ def masked_cosine_sum(
     ``weight`` is the (batch, seq) float64 token mask; non-finite values are reported, not summed.
     """
     cos = F.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
-    return (torch.nan_to_num(cos).double() * weight).sum(), torch.isfinite(cos).all()
+    return (torch.nan_to_num(cos).double() * weight).sum(), torch.isfinite(cos[weight > 0]).all()
 
 
 def masked_cosine_rows(
@@ -73,7 +73,10 @@ def masked_cosine_rows(
     """Per sample (batch,) float64 sum of cos(h_in, h_out) over weighted positions, and whether
     every cosine is finite. Summed over the batch it equals :func:`masked_cosine_sum`."""
     cos = F.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
-    return (torch.nan_to_num(cos).double() * weight).sum(dim=-1), torch.isfinite(cos).all()
+    # padding positions may hold anything: only the counted ones must be finite
+    return (torch.nan_to_num(cos).double() * weight).sum(dim=-1), torch.isfinite(
+        cos[weight > 0]
+    ).all()
 
 
 def masked_angular_rows(h_a: torch.Tensor, h_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

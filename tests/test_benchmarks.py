@@ -53,12 +53,19 @@ def test_results_files_have_every_part(quick):
     assert {"cpu", "cores", "torch", "torch_threads", "virtual_machine"} <= set(res["machine"])
     assert res["machine"]["torch_threads"] == 1  # fixed by --threads
     assert _finite_positive(res["cpu_s"]) and res["steal_s"] >= 0
-    for part in ("calibration_cost", "pruning_speedup", "plan_cache", "sweep"):
+    for part in (
+        "calibration_cost",
+        "pruning_speedup",
+        "plan_cache",
+        "sweep",
+        "calibration_e2e",
+        "heal_prep",
+    ):
         assert res[part], part
         assert res["section_s"][part] > 0
-    assert len(res["targets"]) == 7 and all(t["verdict"] in VERDICTS for t in res["targets"])
+    assert len(res["targets"]) == 8 and all(t["verdict"] in VERDICTS for t in res["targets"])
     timed = [t for t in res["targets"] if "clock" in t]
-    assert len(timed) == 4 and all(
+    assert len(timed) == 5 and all(
         t["clock"] == "cpu" and t["wall_verdict"] in VERDICTS for t in timed
     )
     assert md.startswith("# lmms-prune benchmarks")
@@ -68,6 +75,8 @@ def test_results_files_have_every_part(quick):
         "## 2. Speed-up from pruning",
         "## 3. Load time",
         "## 4. Calibration passes",
+        "## 5.",
+        "## 6.",
     ):
         assert heading in md
     assert res["machine"]["cpu"] in md and res["machine"]["torch"] in md
@@ -76,8 +85,9 @@ def test_results_files_have_every_part(quick):
 
 def test_every_ratio_has_intervals_on_both_clocks(quick):
     ratios = ratio_list(quick[0])
-    # 3 lengths x 2; prefill and decode at k=2, each over both ideals; A/A; load
-    assert len(ratios) == 2 * 3 + 2 * 2 + 1 + 1
+    # 3 lengths x 2; prefill and decode at k=2, each over both ideals; A/A; load; calibration end
+    # to end at batch 1 and 16 on two models; teacher answers batched
+    assert len(ratios) == 2 * 3 + 2 * 2 + 1 + 1 + 2 * 2 + 1
     for r in ratios:
         for clock in ("cpu", "wall"):
             est = r["est"][clock]

@@ -310,3 +310,13 @@ def test_a_task_that_fails_to_build_is_not_blamed_on_being_offline(ckpt, tmp_pat
             ckpt, calib_math="prune_test_notarget", calib_nonmath="none", include_path=str(folder)
         )
     assert "cannot be downloaded" not in str(err.value)
+
+
+def test_an_include_path_edited_after_a_good_check_is_checked_again(tmp_path):
+    from lmms_prune_plugin.calibration import check_task_folder
+
+    (tmp_path / "a.yaml").write_text("task: prune_x\n")
+    check_task_folder("include_path", str(tmp_path))  # passes, remembered
+    (tmp_path / "b.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match=r"b.yaml is not an lmms-eval task YAML"):
+        check_task_folder("include_path", str(tmp_path))

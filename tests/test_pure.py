@@ -169,3 +169,12 @@ def test_choose_and_lists():
         choose("m", "aa", ["a"])
     assert parse_list("l", ["a", " b"]) == ("a", "b")
     assert "| `count` | `2` | how many |" in Demo.table()
+
+
+def test_padding_may_hold_non_finite_values():
+    h = torch.tensor([[[1.0, 0.0], [math.nan, 0.0]]])
+    weight = torch.tensor([[1.0, 0.0]], dtype=torch.float64)  # the nan sits in padding
+    total, finite = similarity.masked_cosine_sum(h, h, weight)
+    assert bool(finite) and total.item() == pytest.approx(1.0)
+    rows, finite = similarity.masked_cosine_rows(h, h, weight)
+    assert bool(finite) and rows.tolist() == pytest.approx([1.0])

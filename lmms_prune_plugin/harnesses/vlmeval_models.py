@@ -20,6 +20,7 @@ from ..args import closest, parse_bool, parse_int
 from ..cache import files_fingerprint, key, weights_fingerprint
 from ..calibration import CalibrationConfig
 from ..distributed import is_main
+from ..layers import removal_checks_in
 from ..plan import ModelIdentity, PrunePlan
 from .vlmeval_args import check_reuse, parse_prune, plan_target
 from .vlmeval_data import DEMO_CALIBRATION
@@ -250,7 +251,8 @@ class PrunedVLM(BaseModel):
         if plan_file is None:
             source = VLMEvalSource(self.inner, hf, config.sets.values())
             plan_file = build_plan(source, hf, identity, config, options, run_key)
-        plan_file.apply_(hf, identity, True)  # checks the model before cutting
+        with removal_checks_in(config.cache()):  # the run's cache folder, or none
+            plan_file.apply_(hf, identity, True)  # checks the model before cutting
         self.plan, self.plan_path = plan_file, target
         if target is not None and is_main():
             check_reuse(target, plan_file, reuse)

@@ -16,7 +16,7 @@ from ..cache import files_fingerprint, key, weights_fingerprint
 from ..checkpoint import check_stored_depth
 from ..distributed import is_main
 from ..harnesses.lmms_eval_source import LmmsEvalSource
-from ..layers import find_decoder_layers
+from ..layers import find_decoder_layers, removal_checks_in
 from ..plan import ModelIdentity, PrunePlan
 from ..planner import Planner
 from . import engine as engines
@@ -93,7 +93,8 @@ class PrunedVLM(lmms):
         source = LmmsEvalSource(self.base, req.calibration.task_paths)
         self.planner = Planner(source, model, self.identity, req.calibration, run_key)
         self.plan = req.plan_file or self.planner.plan(req.options)
-        self.plan.apply_(model, self.identity, req.load.plan_strict)  # checks before cutting
+        with removal_checks_in(req.calibration.cache()):  # the run's cache folder, or none
+            self.plan.apply_(model, self.identity, req.load.plan_strict)  # checks, then cuts
         if req.save_to is not None and is_main():
             self.plan.save(req.save_to)
         self.display_name = results.DEMO_MODEL_NAME if req.demo else None
