@@ -18,6 +18,7 @@ from lmms_prune_plugin.harnesses.lm_eval_source import (  # noqa: E402
     LmEvalSource,
     PromptSettings,
 )
+from lmms_prune_plugin.plan import PrunePlan  # noqa: E402
 
 TASKS = LM_EVAL_TASKS_DIR
 LAUNCHER = [sys.executable, "-m", "lmms_prune_plugin.harnesses.lm_eval"]
@@ -349,6 +350,33 @@ def test_only_our_refusals_are_reported_without_a_traceback():
     assert "Traceback" in text and "test_lm_eval.py" in text and "not enough values" in text
 
 
+def test_the_plan_is_written_beside_new_results_and_never_over_another(tmp_path, monkeypatch):
+    from lmms_prune_plugin.harnesses import lm_eval, lm_eval_models
+    from lmms_prune_plugin.plan import ModelIdentity
+    from lmms_prune_plugin.planner import unpruned_plan
+
+    plan = unpruned_plan(ModelIdentity("m", "Arch", "t", 4, "model.layers"))
+    monkeypatch.setitem(lm_eval_models._LOADED, "plan", plan)
+    out = tmp_path / "out"
+    old = out / "earlier" / "results_1.json"
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    before = lm_eval._results_files(str(out))
+    with pytest.raises(RuntimeError, match="lm-eval wrote no results file there"):
+        lm_eval.write_plan_beside_results(str(out), before)
+    assert not (old.parent / "plan.json").exists()  # not this run's folder
+    new = out / "model" / "results_2.json"
+    new.parent.mkdir()
+    new.write_text("{}")
+    assert lm_eval.write_plan_beside_results(str(out), before) == [new.parent / "plan.json"]
+    assert PrunePlan.load(new.parent / "plan.json") == plan
+    assert lm_eval.write_plan_beside_results(str(out), before) == []  # the same plan: kept
+    (new.parent / "plan.json").write_text("my notes")
+    with pytest.raises(ValueError, match="holds another plan .* it is not replaced"):
+        lm_eval.write_plan_beside_results(str(out), before)
+    assert (new.parent / "plan.json").read_text() == "my notes"
+
+
 def test_launcher_shares_lm_eval_prompt_settings(no_load):
     from lmms_prune_plugin.harnesses.lm_eval import main
 
@@ -402,8 +430,6 @@ def _results(out: Path) -> dict:
 def test_demo_end_to_end_through_the_launcher(tmp_path):
     from transformers import Qwen2VLForConditionalGeneration
 
-    from lmms_prune_plugin.plan import PrunePlan
-
     saved = tmp_path / "plan.json"
     args = f"criterion=math,budget=4,calib_limit=32,save_plan={saved}"
     cmd = [
@@ -430,6 +456,8 @@ def test_demo_end_to_end_through_the_launcher(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = _results(tmp_path / "out")
     plan, config = PrunePlan.load(saved), results["config"]
+    (beside,) = (tmp_path / "out").rglob("plan.json")  # for lmms-prune report
+    assert PrunePlan.load(beside) == plan and beside.parent.glob("results_*.json")
     assert config["prune_plan"]["removed"] == list(plan.removed) and len(plan.removed) == 4
     top = sorted(range(12), key=lambda i: -plan.scores[i])[:4]
     assert sorted(top) == list(plan.removed)  # the plan follows from its scores

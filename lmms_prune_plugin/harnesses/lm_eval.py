@@ -28,6 +28,8 @@ from typing import Any
 
 from loguru import logger
 
+from ..distributed import is_main
+
 #: The lm-eval models this package registers.
 MODELS = ("pruned_vlm", "pruned_lm")
 
@@ -81,20 +83,21 @@ def check_unique_model_args(argv: Sequence[str]) -> None:
             seen[k] = v
 
 
-def share_prompt_settings(args: Any, argv: Sequence[str]) -> None:
+def share_prompt_settings(args: Any, argv: Sequence[str]) -> Any:
     """For our models: lm-eval's resolved prompt settings (flags or ``--config`` YAML) become
     model_args, and ``--include_path`` a calibration task folder. Giving the prompt settings in
-    model_args as well is refused: two sources could disagree."""
+    model_args as well is refused: two sources could disagree. Returns lm-eval's resolved
+    configuration (``EvaluatorConfig``) for our models, else None."""
     from lm_eval.config.evaluate_config import EvaluatorConfig
 
     from .lm_eval_models import PROMPT_ARGS
 
     if getattr(args, "command", None) != "run":
-        return
+        return None
     with contextlib.redirect_stdout(io.StringIO()):  # with --config it prints the config
         cfg = EvaluatorConfig.from_cli(args)
     if cfg.model not in MODELS:
-        return
+        return None
     check_unique_model_args(argv)
     model_args = dict(cfg.model_args or {})
     given = [k for k in PROMPT_ARGS if k in model_args]
@@ -113,6 +116,48 @@ def share_prompt_settings(args: Any, argv: Sequence[str]) -> None:
     if cfg.include_path and "include_path" not in model_args:
         model_args["include_path"] = cfg.include_path
     args.model_args = model_args
+    return cfg
+
+
+def _results_files(output_path: str) -> set[Path]:
+    """lm-eval's results files under ``--output_path`` (a folder, or a ``.json`` file name it
+    adds the date to)."""
+    out = Path(output_path).expanduser()
+    if out.suffix == ".json":
+        return set(out.parent.glob(f"{out.stem}_*.json"))
+    return set(out.glob("*/results_*.json"))
+
+
+def write_plan_beside_results(output_path: str, before: set[Path]) -> list[Path]:
+    """``plan.json`` beside the results this run wrote (what ``lmms-prune report`` reads). An
+    existing plan.json is kept when it is this plan, and otherwise refused, never replaced; no
+    new results file is an error (lm-eval logs a failed save and goes on)."""
+    from ..plan import PrunePlan
+    from .lm_eval_models import loaded_plan
+
+    new = sorted(_results_files(output_path) - before)
+    if not new:
+        raise RuntimeError(
+            f"--output_path={output_path!r}: lm-eval wrote no results file there (a failed save "
+            "is only logged by lm-eval: 'Could not save results aggregated'); see its log above"
+        )
+    plan, written = loaded_plan(), []
+    for folder in dict.fromkeys(f.parent for f in new):
+        target = folder / "plan.json"
+        if not target.exists():
+            written.append(plan.save(target))
+            continue
+        try:
+            same = PrunePlan.load(target) == plan
+        except ValueError:
+            same = False
+        if not same:
+            raise ValueError(
+                f"--output_path={output_path!r}: {target} holds another plan (or no plan), so "
+                f"it is not replaced, and the results written beside it ({new[0].name}) are of "
+                "this run's plan; give each plan its own --output_path"
+            )
+    return written
 
 
 def _exit_code(err: SystemExit) -> int:
@@ -134,8 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = HarnessCLI()
         with _argv(argv):
             args = parser.parse_args()
-        share_prompt_settings(args, argv)
+        cfg = share_prompt_settings(args, argv)
+        output = cfg.output_path if cfg is not None else None
+        before = _results_files(output) if output else set()
         parser.execute(args)
+        if output and is_main():
+            write_plan_beside_results(output, before)
     except SystemExit as err:  # argparse: --help, bad arguments
         return _exit_code(err)
     except KeyboardInterrupt:

@@ -43,6 +43,13 @@ _CALIB_ARGS = ("calib_math", "calib_nonmath", "calib_limit", "tokens", "plan_cac
 _LOAD_ARGS = ("include_path", "plan", "save_plan", "plan_strict")
 #: Every model_arg of ours; any other goes to the lm-eval parent class.
 OWN_ARGS = (*_CALIB_ARGS, *_LOAD_ARGS, *PROMPT_ARGS, *prune_option_names())
+_LOADED: dict[str, PrunePlan] = {}
+
+
+def loaded_plan() -> PrunePlan | None:
+    """The plan of the last pruned_vlm / pruned_lm loaded in this process (the launcher writes
+    it beside lm-eval's results)."""
+    return _LOADED.get("plan")
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,7 @@ class _PruneOnLoad:
         self.plan.apply_(model, self.identity, setup.strict)  # checks the model before cutting
         if setup.save_to is not None and is_main():
             self.plan.save(setup.save_to)
+        _LOADED["plan"] = self.plan
         print(describe(self.plan), file=sys.stderr)
 
     @property
