@@ -24,12 +24,19 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.huggingface import HFLM
 
-from ..args import check_writable, closest, is_none, optional, parse_bool, reject_empty
+from ..args import closest, is_none, optional, parse_bool, reject_empty
 from ..cache import files_fingerprint, key, weights_fingerprint
 from ..calibration import DEFAULT_SETS, CalibrationConfig
-from ..checkpoint import check_stored_depth, check_weight_files, local_folder, read_local_config
+from ..checkpoint import check_stored_depth, check_weight_files, local_folder
 from ..distributed import is_main
 from ..layers import find_decoder_layers
+from ..loading import (
+    check_plan_alone,
+    check_save_plan,
+    describe,
+    read_checkpoint_config,
+    text_depth,
+)
 from ..plan import ModelIdentity, PrunePlan
 from ..planner import Planner, PruneOptions, check_options, prune_option_names
 from ..plugins import get_criterion
@@ -70,7 +77,7 @@ class PruneSetup:
         for name, value in given.items():
             reject_empty(name, value)
         prune = {k: given[k] for k in prune_option_names() if k in given}
-        _check_plan_alone(given.get("plan"), prune)
+        check_plan_alone(given.get("plan"), prune)
         options = PruneOptions.parse(**prune)
         calib = {k: given[k] for k in _CALIB_ARGS if k in given}
         calib = {f"calib_{d}": s for d, s in default_sets.items()} | calib
@@ -84,76 +91,12 @@ class PruneSetup:
         prompts = PromptSettings.parse(**{k: given[k] for k in PROMPT_ARGS if k in given})
         strict = parse_bool("plan_strict", given.get("plan_strict", True))
         plan = None if is_none(given.get("plan")) else PrunePlan.load(given["plan"])
-        save_to = _check_save_plan(optional(given.get("save_plan")))
+        save_to = check_save_plan(optional(given.get("save_plan")))
         cache = calibration.cache()
         if cache is not None and plan is None:
             cache.check_writable()
         paths = (str(Path(str(include)).expanduser()),) if include is not None else ()
         return cls(options, calibration, prompts, paths, plan, save_to, strict)
-
-
-def _check_plan_alone(plan: object, given: Mapping[str, Any]) -> None:
-    """A plan decides every removed layer: options that would make another plan contradict it."""
-    if is_none(plan) or not given:
-        return
-    names = ", ".join(f"{k}={v!r}" for k, v in given.items())
-    raise ValueError(
-        f"plan={plan!r} is not allowed together with {names}: the plan file already fixes which "
-        "layers are removed; give either plan= or the pruning options, not both"
-    )
-
-
-def _check_save_plan(path: str | None) -> Path | None:
-    """``save_plan`` may create a file or replace a plan, never anything else; checked now."""
-    if path is None:
-        return None
-    target = Path(str(path)).expanduser()
-    if target.is_dir():
-        raise ValueError(f"save_plan={path!r} is not allowed: it is a folder; give a file path")
-    if target.exists():
-        try:
-            PrunePlan.load(target)
-        except ValueError as err:
-            raise ValueError(
-                f"save_plan={path!r} is not allowed: the file exists and is not a plan, so it is "
-                "not replaced; give a new path or remove it"
-            ) from err
-    return check_writable("save_plan", target)
-
-
-def read_checkpoint_config(pretrained: str, revision: str | None) -> dict:
-    """The checkpoint's raw config.json (no config class, no remote code), or one clear line."""
-    folder = local_folder(pretrained)
-    if folder is None and Path(pretrained).expanduser().exists():
-        raise ValueError(f"pretrained={pretrained!r} is not allowed: it is a file, not a folder")
-    try:
-        if folder is not None:
-            config = read_local_config(folder)
-        else:
-            from transformers import PretrainedConfig
-
-            config = PretrainedConfig.get_config_dict(pretrained, revision=revision)[0]
-    except OSError as err:
-        raise ValueError(
-            f"pretrained={pretrained!r}: no such local folder, and its config could not be "
-            f"fetched from the hub (offline, unknown id or revision?): {str(err).splitlines()[0]}"
-        ) from err
-    if not config.get("model_type"):
-        raise ValueError(
-            f"pretrained={pretrained!r} is not allowed: its config.json has no model_type, so its "
-            "architecture is unknown; add the model_type of its transformers config class"
-        )
-    return config
-
-
-def text_depth(config: Mapping[str, Any]) -> int | None:
-    """num_hidden_layers of the text decoder, from a raw config dict (None if not stated)."""
-    for sub in ("text_config", "llm_config", "language_config"):
-        n = config.get(sub).get("num_hidden_layers") if isinstance(config.get(sub), dict) else None
-        if isinstance(n, int):
-            return n
-    n = config.get("num_hidden_layers")
-    return n if isinstance(n, int) else None
 
 
 def _named_params(cls: type) -> set[str]:
@@ -164,19 +107,6 @@ def _named_params(cls: type) -> set[str]:
             params = inspect.signature(klass.__init__).parameters.values()
             named |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     return named - {"self"}
-
-
-def describe(plan: PrunePlan) -> str:
-    """A short human summary of a plan."""
-    m, kept = plan.model, plan.model.num_layers - len(plan.removed)
-    if not plan.removed:
-        return f"lmms-prune: {m.name_or_path} ({m.architecture}) loaded unpruned, {kept} layers"
-    scores = ", ".join(f"{i}:{plan.scores[i]:.4f}" for i in plan.removed) if plan.scores else "-"
-    return (
-        f"lmms-prune: {m.name_or_path} ({m.architecture}) {m.num_layers} -> {kept} layers | "
-        f"criterion={plan.criterion} strategy={plan.strategy} budget={plan.budget} | "
-        f"removed {list(plan.removed)} (scores {scores})"
-    )
 
 
 class _PruneOnLoad:

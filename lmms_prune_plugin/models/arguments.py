@@ -10,14 +10,14 @@ pruned_vlm's own arguments are the fields of three option records: :class:`LoadO
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..args import check_writable, closest, reject_empty
+from ..args import closest, reject_empty
 from ..calibration import CALIBRATION_ARGS, CalibrationConfig
-from ..checkpoint import check_weight_files, local_folder, read_local_config
+from ..checkpoint import check_weight_files
+from ..loading import check_plan_alone, check_save_plan, read_checkpoint_config, text_depth
 from ..options import OptionRecord, option
 from ..plan import PrunePlan
 from ..planner import PruneOptions, check_options, prune_option_names
@@ -28,12 +28,9 @@ from .base import (
     REVISION_WRAPPERS,
     always_trusts,
     pick_wrapper,
-    read_config,
     ships_code,
     wrapper_class,
 )
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
 @dataclass(frozen=True)
@@ -85,16 +82,16 @@ def parse_model_args(kwargs: dict[str, Any], simple: bool) -> LoadRequest:
     own = {k: kwargs.pop(k) for k in LoadOptions.names() if k in kwargs}
     load = LoadOptions.parse(**own)
     given = {k: kwargs.pop(k) for k in prune_option_names() if k in kwargs}
-    _check_plan_alone(load.plan, given)
+    check_plan_alone(load.plan, given)
     calibration = CalibrationConfig.parse(
         **{k: kwargs.pop(k) for k in CALIBRATION_ARGS if k in kwargs}
     )
     plan_file = PrunePlan.load(load.plan) if load.plan is not None else None
-    save_to = _check_save_plan(load.save_plan)
+    save_to = check_save_plan(load.save_plan)
     if calibration.cache() is not None and plan_file is None:
         calibration.cache().check_writable()
     pretrained, base_kwargs = _default_model(load.pretrained, kwargs)
-    config = _read_checkpoint_config(pretrained, load.revision)
+    config = read_checkpoint_config(pretrained, load.revision)
     req = LoadRequest(
         load,
         PruneOptions.parse(**given),
@@ -116,7 +113,7 @@ def parse_model_args(kwargs: dict[str, Any], simple: bool) -> LoadRequest:
 
 def _check_options_before_loading(req: LoadRequest) -> None:
     """The budget against the config's depth (checked again, exactly, after loading)."""
-    depth = _text_depth(req.config)
+    depth = text_depth(req.config)
     if depth is not None:
         check_options(req.options, depth, req.calibration.sets)
     elif req.options.budget != 0:
@@ -153,50 +150,6 @@ def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict
 
     check_demo_model(DEMO_MODEL_DIR)
     return str(DEMO_MODEL_DIR), demo_model_args() | base_kwargs
-
-
-def _read_checkpoint_config(pretrained: str, revision: str | None) -> dict:
-    """The checkpoint's config.json, or one clear line saying why there is none."""
-    local = Path(pretrained).expanduser()
-    if local.exists():
-        if not (local.is_dir() and (local / "config.json").is_file()):
-            raise ValueError(
-                f"pretrained={pretrained!r} is not allowed: it is not a checkpoint folder (no config.json)"
-            )
-    elif not _HUB_ID.match(pretrained) or pretrained.startswith((".", "~")):
-        raise ValueError(
-            f"pretrained={pretrained!r} is not allowed: no such folder, and not a hub id (org/name)"
-        )
-    folder = local_folder(pretrained)
-    try:
-        config = read_local_config(folder) if folder else read_config(pretrained, revision)
-    except OSError as err:
-        raise ValueError(
-            f"pretrained={pretrained!r}: no such local folder, and its config could not be fetched "
-            f"from the hub (offline, unknown id or revision?): {str(err).splitlines()[0]}"
-        ) from err
-    if not config.get("model_type"):
-        # Neither the wrapper nor the architecture check could be chosen: every wrapper would
-        # guess, and fail deep inside or load something else.
-        raise ValueError(
-            f"pretrained={pretrained!r} is not allowed: its config.json has no model_type, so its "
-            "architecture is unknown; add the model_type of its transformers config class"
-        )
-    return config
-
-
-def _text_depth(config: dict) -> int | None:
-    """num_hidden_layers of the text decoder, from a raw config dict (None if not stated)."""
-    for sub in ("text_config", "llm_config", "language_config"):
-        n = (
-            (config.get(sub) or {}).get("num_hidden_layers")
-            if isinstance(config.get(sub), dict)
-            else None
-        )
-        if isinstance(n, int):
-            return n
-    n = config.get("num_hidden_layers")
-    return n if isinstance(n, int) else None
 
 
 def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
@@ -284,32 +237,3 @@ def _named_params(cls: type) -> list[str]:
         if not any(v.kind == v.VAR_KEYWORD for v in params.values()):
             break
     return named
-
-
-def _check_save_plan(path: str | None) -> Path | None:
-    """``save_plan`` may create a file or replace a plan, never anything else; checked now."""
-    if path is None:
-        return None
-    target = Path(str(path)).expanduser()
-    if target.is_dir():
-        raise ValueError(f"save_plan={path!r} is not allowed: it is a folder; give a file path")
-    if target.exists():
-        try:
-            PrunePlan.load(target)
-        except ValueError as err:
-            raise ValueError(
-                f"save_plan={path!r} is not allowed: the file exists and is not a plan, so it is "
-                "not replaced; give a new path or remove it"
-            ) from err
-    return check_writable("save_plan", target)
-
-
-def _check_plan_alone(plan: object, given: dict) -> None:
-    """A plan decides every removed layer: options that would make another plan contradict it."""
-    if plan is None or not given:
-        return
-    names = ", ".join(f"{k}={v!r}" for k, v in given.items())
-    raise ValueError(
-        f"plan={plan!r} is not allowed together with {names}: the plan file already fixes which "
-        "layers are removed; give either plan= or the pruning options, not both"
-    )

@@ -17,7 +17,8 @@ from ..checkpoint import check_stored_depth
 from ..distributed import is_main
 from ..harnesses.lmms_eval_source import LmmsEvalSource
 from ..layers import find_decoder_layers, removal_checks_in
-from ..plan import ModelIdentity, PrunePlan
+from ..loading import describe
+from ..plan import ModelIdentity
 from ..planner import Planner
 from . import engine as engines
 from . import results
@@ -189,16 +190,3 @@ def _check_loaded(base: str, pretrained: str, config: dict, model) -> None:
             f"but the checkpoint's model_type is {want!r}; choose base={FALLBACK_WRAPPER!r} or "
             "a wrapper that loads this architecture"
         )
-
-
-def describe(plan: PrunePlan) -> str:
-    """A short human summary of a plan."""
-    kept = plan.model.num_layers - len(plan.removed)
-    if not plan.removed:
-        return f"lmms-prune: {plan.model.name_or_path} ({plan.model.architecture}) loaded unpruned, {kept} layers"
-    scores = ", ".join(f"{i}:{plan.scores[i]:.4f}" for i in plan.removed) if plan.scores else "-"
-    return (
-        f"lmms-prune: {plan.model.name_or_path} ({plan.model.architecture}) "
-        f"{plan.model.num_layers} -> {kept} layers | criterion={plan.criterion} strategy={plan.strategy} "
-        f"budget={plan.budget} | removed {list(plan.removed)} (scores {scores})"
-    )
