@@ -22,6 +22,7 @@ from loguru import logger
 from tqdm import tqdm
 
 from . import __version__
+from .args import read_small_file
 from .files import atomic_write_text
 
 ENV_VAR = "LMMS_PRUNE_CACHE"
@@ -130,9 +131,9 @@ class FileHashes:
         if self.path is None or not self.path.exists():
             return {}
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(read_small_file("fingerprint memo", self.path, "memo"))
             problem = _memo_problem(data)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, ValueError) as err:  # a FIFO or device is refused, not read
             problem = f"{type(err).__name__}: {err}"
         if problem:
             logger.warning(
@@ -279,9 +280,9 @@ class Cache:
         path = self.path(kind, k)
         if not path.exists():
             return None
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        try:  # a FIFO, a device or a huge file is refused, not read
+            data = json.loads(read_small_file("cache entry", path, "cache entry"))
+        except (OSError, ValueError) as err:
             logger.warning(f"lmms-prune: cache entry {path} is corrupt ({err}); recomputing it")
             return None
         if not isinstance(data, dict):

@@ -9,6 +9,7 @@ headers (a few KiB each), never from the tensor data.
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 from collections.abc import Iterable
@@ -59,17 +60,60 @@ def safetensors_header(path: Path) -> dict:
             raise _damaged(path, f"its header is not JSON ({err})") from err
     if not isinstance(header, dict):
         raise _damaged(path, "its header is not a JSON object")
-    ends = [
-        t["data_offsets"][1]
-        for name, t in header.items()
-        if name != "__metadata__" and isinstance(t, dict) and len(t.get("data_offsets", ())) == 2
-    ]
-    expected = 8 + n + max(ends, default=0)
+    spans = sorted(_span(path, name, t) for name, t in header.items() if name != "__metadata__")
+    if spans and spans[0][0] != 0:
+        raise _damaged(path, f"its first tensor {spans[0][2]} does not start the data")
+    for (_, end, name), (start, _, other) in zip(spans, spans[1:], strict=False):
+        if start != end:  # overlapping tensors, or bytes that belong to none
+            raise _damaged(path, f"tensors {name} and {other} do not follow each other")
+    expected = 8 + n + (spans[-1][1] if spans else 0)
     if expected != size:
         raise _damaged(
             path, f"its header needs {expected} bytes and the file has {size} (truncated?)"
         )
     return header
+
+
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+
+
+def _span(path: Path, name: str, t: object) -> tuple[int, int, str]:
+    """(start, end, name) of one tensor's bytes, its entry checked: integer offsets whose length
+    is what its shape and dtype need."""
+    offsets = t.get("data_offsets") if isinstance(t, dict) else None
+    shape = t.get("shape") if isinstance(t, dict) else None
+    ok = (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in offsets)
+        and isinstance(shape, list)
+        and all(isinstance(x, int) and x >= 0 for x in shape)
+        and 0 <= offsets[0] <= offsets[1]
+    )
+    if not ok:
+        raise _damaged(path, f"its entry for {name} is not a tensor entry ({t!r:.80})")
+    size = _DTYPE_BYTES.get(t.get("dtype"))
+    if size is not None and math.prod(shape) * size != offsets[1] - offsets[0]:
+        raise _damaged(
+            path, f"{name} has shape {shape} of {t['dtype']} but {offsets[1] - offsets[0]} bytes"
+        )
+    return offsets[0], offsets[1], name
 
 
 def _damaged(path: Path, why: str) -> ValueError:
@@ -94,18 +138,27 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def check_index(folder: Path, headers: dict[str, dict]) -> None:
+    """Every tensor an index maps to a shard is in that shard: transformers would initialise a
+    missing one at random and only list it in its load report."""
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        weight_map = json.loads(read_small_file("pretrained index", index))["weight_map"]
+        lost = sorted(t for t, shard in weight_map.items() if t not in headers.get(shard, {}))
+        if lost:
+            raise _damaged(
+                index, f"{len(lost)} tensors it maps are not in their shard ({', '.join(lost[:3])})"
+            )
+
+
 def check_weight_files(pretrained: str) -> list[str]:
     """Check every safetensors file of a local checkpoint before loading; their tensor names
     (empty for a hub id or a checkpoint without safetensors)."""
     folder = local_folder(pretrained)
     if folder is None:
         return []
-    return [
-        name
-        for f in weight_files(folder)
-        for name in safetensors_header(f)
-        if name != "__metadata__"
-    ]
+    headers = {f.name: safetensors_header(f) for f in weight_files(folder)}
+    check_index(folder, headers)
+    return [name for h in headers.values() for name in h if name != "__metadata__"]
 
 
 def stored_layer_indices(names: Iterable[str], layer0: set[str]) -> tuple[str, set[int]] | None:

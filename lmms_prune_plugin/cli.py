@@ -98,6 +98,7 @@ def _configure_logging(level: str | None) -> None:
     """lmms-eval's and our loguru messages on stderr at INFO, or at ``--verbosity``, else at
     ``$LOGURU_LEVEL``. lmms-eval logs DEBUG until its model registry is imported, which then
     sets WARNING, hiding our notes; so that import comes first, then this setting."""
+    import lmms_eval.evaluator  # noqa: F401  # its judge launcher resets loguru too
     import lmms_eval.models  # noqa: F401  # replaces every loguru handler when imported
     from loguru import logger
 
@@ -427,7 +428,7 @@ def cmd_export(a) -> int:
     import gc
 
     from .args import parse_bool
-    from .export import check_target, export_pruned
+    from .export import check_not_source, check_target, export_pruned
 
     margs = _model_args(a)
     plan_path = _plan_source(a, margs)
@@ -443,6 +444,7 @@ def cmd_export(a) -> int:
         plan, pretrained = lm.plan, lm.pretrained
         del lm
         gc.collect()
+    check_not_source(out, str(pretrained))
     path = export_pruned(
         str(pretrained),
         plan,

@@ -419,3 +419,16 @@ their weights, so the checkpoint has no adapters. `healing.json` holds every det
 | loss curve (step: loss) | {curve} |
 | time | {h["seconds"]:.0f} s |
 """
+
+
+def check_not_source(out: Path, pretrained: str) -> None:
+    """The export never replaces the checkpoint it is made from, nor a folder holding it."""
+    source = Path(pretrained).expanduser()
+    if not source.exists():
+        return  # a hub id
+    src, dst = source.resolve(), Path(out).expanduser().resolve()
+    if dst == src or dst in src.parents:
+        raise ValueError(
+            f"out={str(out)!r} is not allowed: it holds the checkpoint being pruned "
+            f"(pretrained={pretrained!r}); give another folder"
+        )

@@ -31,6 +31,10 @@ def check_save_plan(path: str | None) -> Path | None:
     if path is None:
         return None
     target = Path(str(path)).expanduser()
+    if target.is_symlink():  # replacing it would drop the link and leave its target stale
+        raise ValueError(
+            f"save_plan={path!r} is not allowed: it is a symbolic link; give the file it points to"
+        )
     if target.is_dir():
         raise ValueError(f"save_plan={path!r} is not allowed: it is a folder; give a file path")
     if target.exists():

@@ -52,8 +52,10 @@ def no_load(monkeypatch):
 def pruned(ckpt, wrapper_args=True, **extra):
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
 
-    args = {"pretrained": str(ckpt), **(wrapper_kwargs(ARCH) if wrapper_args else {}), **CALIB}
-    args |= {} if "plan" in extra else {"criterion": "math", "budget": 2}  # a plan fixes both
+    args = {"pretrained": str(ckpt), **(wrapper_kwargs(ARCH) if wrapper_args else {})}
+    args |= (
+        {} if "plan" in extra else {**CALIB, "criterion": "math", "budget": 2}
+    )  # a plan fixes these
     args |= extra
     return PrunedVLM(**{k: v for k, v in args.items() if v is not ...})
 

@@ -49,8 +49,8 @@ def no_load(monkeypatch):
 def pruned(ckpt, **extra):
     from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
 
-    args = {"pretrained": str(ckpt), **wrapper_kwargs(ARCH), **CALIB}
-    args |= {"criterion": "math", "budget": 2} if "plan" not in extra else {}
+    args = {"pretrained": str(ckpt), **wrapper_kwargs(ARCH)}
+    args |= {**CALIB, "criterion": "math", "budget": 2} if "plan" not in extra else {}
     return PrunedVLM(**(args | extra))
 
 
@@ -320,3 +320,91 @@ def test_an_include_path_edited_after_a_good_check_is_checked_again(tmp_path):
     (tmp_path / "b.yaml").write_text("- a list\n")
     with pytest.raises(ValueError, match=r"b.yaml is not an lmms-eval task YAML"):
         check_task_folder("include_path", str(tmp_path))
+
+
+# ------------------------------------------------------------------ a second hostile round
+def _header_edit(ckpt, tmp_path, change) -> Path:
+    """A copy whose safetensors header was edited by ``change(header)``, same data bytes."""
+    import struct
+
+    bad = copy_ckpt(ckpt, tmp_path)
+    f = bad / "model.safetensors"
+    raw = f.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * max(0, n - len(text))
+    f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    return bad
+
+
+def _first_two(header):
+    return sorted(
+        (k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0]
+    )[:2]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda h: h[_first_two(h)[1]].update(data_offsets=h[_first_two(h)[0]]["data_offsets"]),
+            "do not follow each other|has shape",
+        ),
+        (lambda h: h[_first_two(h)[0]].update(shape=[3, 3, 3, 3, 3]), "has shape"),
+        (lambda h: h[_first_two(h)[0]].update(data_offsets=["0", "4"]), "is not a tensor entry"),
+    ],
+)
+def test_a_lying_safetensors_header_is_named_before_loading(
+    ckpt, no_load, tmp_path, change, message
+):
+    bad = _header_edit(ckpt, tmp_path, change)
+    with pytest.raises(ValueError, match=rf"model.safetensors is damaged: .*({message})"):
+        pruned(ckpt, pretrained=str(bad))
+    assert not no_load
+
+
+def test_an_index_that_maps_a_tensor_to_a_shard_without_it_is_named(ckpt, no_load, tmp_path):
+    bad = copy_ckpt(ckpt, tmp_path)
+    index = {"weight_map": {"model.extra.weight": "model.safetensors"}}
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"1 tensors it maps are not in their shard"):
+        pruned(ckpt, pretrained=str(bad))
+
+
+def test_a_plan_with_calibration_options_is_a_contradiction(ckpt, no_load, plan_file):
+    with pytest.raises(ValueError, match=r"plan=.* is not allowed together with calib_limit=5"):
+        pruned(ckpt, plan=str(plan_file), calib_limit=5)
+
+
+@pytest.mark.parametrize("kind", ["broken", "to a plan"])
+def test_save_plan_that_is_a_link_is_refused(ckpt, no_load, tmp_path, plan_file, kind):
+    link = tmp_path / "link.json"
+    link.symlink_to(plan_file if kind == "to a plan" else tmp_path / "nowhere" / "p.json")
+    with pytest.raises(ValueError, match=r"save_plan=.* is a symbolic link"):
+        pruned(ckpt, save_plan=str(link))
+    assert link.is_symlink()
+
+
+def test_a_cache_entry_that_is_a_fifo_is_not_read(tmp_path, logged):
+    import os
+
+    from lmms_prune_plugin.cache import Cache
+
+    cache = Cache(tmp_path)
+    os.mkfifo(cache.path("plan", "k"))
+    assert cache.get("plan", "k") is None  # returns at once instead of blocking on the pipe
+    assert any("not a regular file" in m for m in logged)
+
+
+def test_an_export_never_replaces_the_checkpoint_it_is_made_from(tmp_path):
+    from lmms_prune_plugin.export import check_not_source
+
+    source = tmp_path / "ckpt"
+    source.mkdir()
+    for out in (source, tmp_path):
+        with pytest.raises(ValueError, match=r"out=.* holds the checkpoint being pruned"):
+            check_not_source(out, str(source))
+    check_not_source(tmp_path / "elsewhere", str(source))
+    check_not_source(source, "org/model")  # a hub id has no folder here

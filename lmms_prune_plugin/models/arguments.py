@@ -82,7 +82,9 @@ def parse_model_args(kwargs: dict[str, Any], simple: bool) -> LoadRequest:
     own = {k: kwargs.pop(k) for k in LoadOptions.names() if k in kwargs}
     load = LoadOptions.parse(**own)
     given = {k: kwargs.pop(k) for k in prune_option_names() if k in kwargs}
-    check_plan_alone(load.plan, given)
+    # calibration options would be ignored with a plan (plan_cache is harmless)
+    calibrating = {k: kwargs[k] for k in CALIBRATION_ARGS if k in kwargs and k != "plan_cache"}
+    check_plan_alone(load.plan, given | calibrating)
     calibration = CalibrationConfig.parse(
         **{k: kwargs.pop(k) for k in CALIBRATION_ARGS if k in kwargs}
     )
