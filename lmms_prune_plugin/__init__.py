@@ -2,6 +2,6 @@
 
 __version__ = "0.2.0"
 
-from .demo import TASKS_DIR  # noqa: E402  (``--include_path`` for the shipped tasks)
+from lmms_prune_plugin.demo import TASKS_DIR  # noqa: E402  (``--include_path`` for the shipped tasks)
 
 __all__ = ["TASKS_DIR", "__version__"]

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--png", default="docs/healing.png")
     p.add_argument("--resume", action="store_true", help="keep rows already in the sweep file")
     a = p.parse_args(argv)
-    from lmms_prune_plugin.cli import main as cli
+    from lmms_prune_plugin.tools.cli import main as cli
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "--steps", a.steps, "--data_limit", a.data_limit, "--out", str(sweep)]  # fmt: skip
     if cli(args) != 0:
         return 1
-    from lmms_prune_plugin.sweep import read_rows
+    from lmms_prune_plugin.tools.sweep import read_rows
 
     entries = table(read_rows(sweep))
     md = markdown(entries)

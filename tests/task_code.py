@@ -78,7 +78,7 @@ def _split_names(value: str) -> list[str]:
 
 
 def _calib_task(name: str) -> str | None:
-    from lmms_prune_plugin.requests import resolve_task_name
+    from lmms_prune_plugin.harnesses.lmms_eval.requests import resolve_task_name
 
     return None if name.lower() == "none" else resolve_task_name(name)
 
@@ -86,12 +86,12 @@ def _calib_task(name: str) -> str | None:
 def _command_tasks(argv: list[str], program: str) -> list[str]:
     """Tasks one ``lmms-prune`` / ``lmms-eval`` command line evaluates or calibrates on."""
     if program == "lmms-prune":
-        from lmms_prune_plugin.cli import build_parser
+        from lmms_prune_plugin.tools.cli import build_parser
 
         if not argv or argv[0] not in {"rank", "export", "sweep"}:
             return []  # report reads a sweep file; nothing is loaded
         args, _ = build_parser().parse_known_args(argv)
-        from lmms_prune_plugin.calibration import DEFAULT_SETS
+        from lmms_prune_plugin.core.calibration import DEFAULT_SETS
 
         # A flag not given means pruned_vlm's default set for that domain.
         names = [_calib_task(args.calib_math or DEFAULT_SETS["math"]),
@@ -108,7 +108,7 @@ def _command_tasks(argv: list[str], program: str) -> list[str]:
             opts[word[2:]] = next(it, "")
     names = _split_names(opts.get("tasks", ""))
     if opts.get("model") == "pruned_vlm":
-        from lmms_prune_plugin.calibration import DEFAULT_SETS
+        from lmms_prune_plugin.core.calibration import DEFAULT_SETS
 
         margs = dict(
             kv.split("=", 1) for kv in _split_names(opts.get("model_args", "")) if "=" in kv
@@ -127,7 +127,7 @@ def shell_tasks(text: str, env: dict[str, str]) -> list[str]:
         if line.lstrip().startswith("#"):
             continue
         for value in _TASKS_VAR.findall(line):
-            if not value.startswith(("$(", "\"$(")):  # a folder computed by a command
+            if not value.startswith(("$(", '"$(')):  # a folder computed by a command
                 names += _split_names(_expand(value.strip("\"'"), env))
         if not re.search(r"lmms-prune|lmms-eval|lmms_eval", line):
             continue
@@ -190,7 +190,7 @@ def project_files() -> list[Path]:
 
 def project_task_names() -> dict[str, list[str]]:
     """Every task name the project names -> the files (or registry) naming it."""
-    from lmms_prune_plugin.plugins import get_calibration_sets
+    from lmms_prune_plugin.core.plugins import get_calibration_sets
 
     sources: dict[str, list[str]] = defaultdict(list)
     for path in project_files():

@@ -7,12 +7,12 @@ import pytest
 import torch
 from helpers import vlm_batch
 
-from lmms_prune_plugin.adaptive import functional_order, iterative_order
-from lmms_prune_plugin.capture import LayerCapture
-from lmms_prune_plugin.criteria import CriterionOptions
-from lmms_prune_plugin.layers import decoder_layers_removed
-from lmms_prune_plugin.planner import PruneOptions
-from lmms_prune_plugin.stats import LayerStatistics
+from lmms_prune_plugin.core.adaptive import functional_order, iterative_order
+from lmms_prune_plugin.core.capture import LayerCapture
+from lmms_prune_plugin.core.criteria import CriterionOptions
+from lmms_prune_plugin.core.planner import PruneOptions
+from lmms_prune_plugin.core.stats import LayerStatistics
+from lmms_prune_plugin.surgery.layers import decoder_layers_removed
 from lmms_prune_plugin.testing.tiny import build_tiny_vlm, save_tiny_vlm, wrapper_kwargs
 
 TASKS = str(Path(__file__).parent / "tasks")
@@ -139,7 +139,7 @@ def test_per_sample_statistics_add_up_to_the_totals():
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     ckpt = save_tiny_vlm("qwen2_5_vl", tmp_path_factory.mktemp("ckpt") / "q", num_layers=4)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from lmms_prune_plugin.capture import LayerCapture
-from lmms_prune_plugin.layers import find_decoder_layers, remove_decoder_layers_
-from lmms_prune_plugin.structure import RefusedRemoval
+from lmms_prune_plugin.core.capture import LayerCapture
+from lmms_prune_plugin.surgery.layers import find_decoder_layers, remove_decoder_layers_
+from lmms_prune_plugin.surgery.structure import RefusedRemoval
 from lmms_prune_plugin.testing.archs import ARCH_MODELS, auto_class, build_arch_model, text_batch
 
 NUM_LAYERS = 5
@@ -149,9 +149,9 @@ def test_a_layer_index_field_no_rule_knows_is_refused_and_the_model_untouched():
 
 
 def test_a_plugin_rule_for_the_field_makes_the_removal_exact(tmp_path):
-    from lmms_prune_plugin.hookspecs import hookimpl
-    from lmms_prune_plugin.plugins import pm
-    from lmms_prune_plugin.structure import LayerRule
+    from lmms_prune_plugin.core.hookspecs import hookimpl
+    from lmms_prune_plugin.core.plugins import pm
+    from lmms_prune_plugin.surgery.structure import LayerRule
 
     class Plugin:
         @hookimpl
@@ -177,7 +177,7 @@ def test_a_plugin_rule_for_the_field_makes_the_removal_exact(tmp_path):
 def test_qwen3_5_checkpoint_loads_in_lmms_evals_own_wrapper_and_generates(tmp_path):
     from helpers import vlm_batch
 
-    from lmms_prune_plugin.models.base import build_wrapper
+    from lmms_prune_plugin.harnesses.lmms_eval.base import build_wrapper
     from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
 
     path = save_arch_checkpoint("qwen3_5", tmp_path / "qwen3_5", num_layers=4)
@@ -198,7 +198,7 @@ def test_qwen3_5_checkpoint_loads_in_lmms_evals_own_wrapper_and_generates(tmp_pa
 
 @pytest.mark.parametrize("arch, removed", [("gemma4", [0, 3]), ("mllama", [0, 1])])
 def test_temporary_removal_restores_structure_heavy_models_exactly(arch, removed):
-    from lmms_prune_plugin.layers import decoder_layers_removed
+    from lmms_prune_plugin.surgery.layers import decoder_layers_removed
 
     model = build_arch_model(arch, num_layers=NUM_LAYERS)
     batch = text_batch(seed=3)
@@ -229,7 +229,7 @@ def test_temporary_removal_restores_structure_heavy_models_exactly(arch, removed
 
 def test_capture_measures_gemma3n_main_altup_stream():
     """Gemma3n layers carry (altup, batch, seq, hidden); the main stream is the one measured."""
-    from lmms_prune_plugin.similarity import masked_cosine_sum
+    from lmms_prune_plugin.core.similarity import masked_cosine_sum
 
     model = build_arch_model("gemma3n", num_layers=4)
     text = model.config.get_text_config()

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from lmms_prune_plugin.calibration import CalibrationConfig, Calibrator
-from lmms_prune_plugin.harnesses.lmms_eval_source import LmmsEvalSource
+from lmms_prune_plugin.core.calibration import CalibrationConfig, Calibrator
+from lmms_prune_plugin.core.training_data import Example, collate_prompts, prompt_batches
+from lmms_prune_plugin.harnesses.lmms_eval.source import LmmsEvalSource
 from lmms_prune_plugin.testing.tiny import build_tiny_vlm, wrapper_kwargs
-from lmms_prune_plugin.training_data import Example, collate_prompts, prompt_batches
 
 ARCH = "qwen2_vl"
 TASK = "prune_batch_lengths"
@@ -184,7 +184,7 @@ def test_output_divergence_at_batch_16_equals_batch_1(wrapper, task_folder):
 def test_the_prefill_forward_measures_what_generate_measures(wrapper, task_folder):
     """Calibration answers the wrapper's ``generate`` with the prompt's forward alone: the same
     statistics and answer distributions as the model's own ``generate``, padding included."""
-    from lmms_prune_plugin.calibration import run_capture
+    from lmms_prune_plugin.core.calibration import run_capture
 
     wrapper.batch_size_per_gpu, wrapper.processor.tokenizer.padding_side = 16, "left"
     config = CalibrationConfig.parse(
@@ -244,7 +244,7 @@ def examples_for(processor, n: int = 12) -> list[Example]:
 
 
 def test_batched_teacher_answers_equal_one_prompt_at_a_time(teacher):
-    from lmms_prune_plugin.heal import add_continuations_
+    from lmms_prune_plugin.core.heal import add_continuations_
 
     model, processor = teacher
     tok = processor.tokenizer
@@ -287,7 +287,7 @@ def test_prompt_batches_left_pad_and_keep_every_example(teacher):
 
 
 def test_targets_are_tokenized_as_one_at_a_time(teacher):
-    from lmms_prune_plugin.heal import add_targets_
+    from lmms_prune_plugin.core.heal import add_targets_
 
     model, processor = teacher
     tok = processor.tokenizer

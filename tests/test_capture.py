@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from helpers import vlm_batch
 
-from lmms_prune_plugin.capture import LayerCapture, NonFiniteActivationError, image_token_ids
-from lmms_prune_plugin.layers import find_decoder_layers
+from lmms_prune_plugin.core.capture import LayerCapture, NonFiniteActivationError, image_token_ids
+from lmms_prune_plugin.surgery.layers import find_decoder_layers
 from lmms_prune_plugin.testing.tiny import build_tiny_vlm
 
 

@@ -9,9 +9,9 @@ import torch
 from helpers import vlm_batch
 from PIL import Image
 
-from lmms_prune_plugin.cli import main
-from lmms_prune_plugin.plan import PrunePlan
+from lmms_prune_plugin.core.plan import PrunePlan
 from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
+from lmms_prune_plugin.tools.cli import main
 
 TASKS = str(Path(__file__).parent / "tasks")
 
@@ -60,7 +60,7 @@ def test_export_loads_with_plain_transformers_and_lmms_eval_wrappers(ckpt, tmp_p
     from lmms_eval.models import get_model
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     out = tmp_path / "export"
     assert (
@@ -231,7 +231,7 @@ def test_report_numbers_equal_the_sweep_rows(tmp_path):
 
 
 def test_report_splits_the_demo_tasks_into_math_and_general():
-    from lmms_prune_plugin.report import is_math_task
+    from lmms_prune_plugin.tools.report import is_math_task
 
     assert is_math_task("prune_demo_math") and is_math_task("mathvista_testmini")
     assert not is_math_task("prune_demo_nonmath") and not is_math_task("prune_calib_nonmath")
@@ -268,7 +268,7 @@ def test_sweep_rejects_unknown_tasks_before_loading(ckpt, tmp_path, capsys):
 
 
 def test_sweep_cells_share_the_baseline_and_the_score_free_strategy():
-    from lmms_prune_plugin.sweep import Cell, plan_cells
+    from lmms_prune_plugin.tools.sweep import Cell, plan_cells
 
     cells = plan_cells(["math", "nonmath"], [None, "uniform", "spaced"], [0, 2, 4])
     assert cells[0] == Cell("none", "none", 0)

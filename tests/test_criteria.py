@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from lmms_prune_plugin.criteria import CriterionOptions, ranks
-from lmms_prune_plugin.plugins import get_criterion
-from lmms_prune_plugin.stats import LayerStatistics
+from lmms_prune_plugin.core.criteria import CriterionOptions, ranks
+from lmms_prune_plugin.core.plugins import get_criterion
+from lmms_prune_plugin.core.stats import LayerStatistics
 
 
 def stats(sim, tokens=10, angular=None):

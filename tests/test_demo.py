@@ -261,7 +261,7 @@ def test_pruned_vlm_without_pretrained_names_the_missing_demo_model(monkeypatch,
     import lmms_prune_plugin.demo.model as demo
 
     monkeypatch.setattr(demo, "DEMO_MODEL_DIR", tmp_path / "missing")
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     with pytest.raises(DemoModelError, match="does not exist.*scripts/train_demo.py"):
         PrunedVLM(criterion="math", budget=2)

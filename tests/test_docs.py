@@ -1,7 +1,7 @@
 """README.md and docs/*.md say what the code does: their commands and links work as written.
 
 - Every ``lmms-prune ...`` command in a fenced code block parses with the current CLI
-  (``lmms_prune_plugin.cli.build_parser``).
+  (``lmms_prune_plugin.tools.cli.build_parser``).
 - Every ``lmms-eval`` command (also ``python -m lmms_eval`` and ``torchrun ... -m lmms_eval``)
   passes only model_args its model takes: for ``pruned_vlm`` its own arguments (``OWN_ARGS``),
   the named ``__init__`` parameters of the base wrapper it would use, and with ``engine=vllm``
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin.cli import HARNESS_COMMANDS
+from lmms_prune_plugin.tools.cli import HARNESS_COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -62,7 +62,7 @@ _FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.S | re.M)
 _VAR = re.compile(r"\$\{(\w+)[^}]*\}|\$(\w+)")
 _PLACEHOLDER = re.compile(r"^(\.\.\.|<.*>|[A-Z][A-Z0-9_]*)$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-MODULES = {"lmms_eval": "lmms-eval", "lmms_prune_plugin.cli": "lmms-prune"}  # python -m ...
+MODULES = {"lmms_eval": "lmms-eval", "lmms_prune_plugin.tools.cli": "lmms-prune"}  # python -m ...
 _STOP = {"|", "||", "&&", ";", ">", ">>", "2>", "&"}
 
 
@@ -184,7 +184,7 @@ def all_commands() -> list[Command]:
 
 def parse_lmms_prune(argv: tuple[str, ...]):
     """The parsed namespace, or AssertionError with argparse's own message."""
-    from lmms_prune_plugin.cli import build_parser
+    from lmms_prune_plugin.tools.cli import build_parser
 
     err = io.StringIO()
     try:
@@ -203,8 +203,8 @@ def model_args(text: str) -> dict[str, str]:
 
 @functools.cache
 def named_params(model: str, simple: bool) -> frozenset[str]:
-    from lmms_prune_plugin.models.arguments import _named_params
-    from lmms_prune_plugin.models.base import wrapper_class
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _named_params
+    from lmms_prune_plugin.harnesses.lmms_eval.base import wrapper_class
 
     return frozenset(_named_params(wrapper_class(model, simple)))
 
@@ -214,7 +214,7 @@ def vllm_params(simple: bool) -> frozenset[str]:
     """What lmms-eval's vllm model takes, and vLLM's engine arguments."""
     from lmms_eval import models
 
-    from lmms_prune_plugin.models.arguments import _named_params
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _named_params
 
     names = set(_named_params(models.get_model("vllm", force_simple=simple)))
     try:
@@ -228,7 +228,7 @@ def vllm_params(simple: bool) -> frozenset[str]:
 
 def assumed_base(margs: dict[str, str]) -> str:
     """The base wrapper pruned_vlm would use for these model_args (see the module docstring)."""
-    from lmms_prune_plugin.models.base import FALLBACK_WRAPPER, WRAPPERS
+    from lmms_prune_plugin.harnesses.lmms_eval.base import FALLBACK_WRAPPER, WRAPPERS
 
     if "base" in margs:
         return margs["base"]
@@ -256,14 +256,14 @@ def assumed_base(margs: dict[str, str]) -> str:
 def _folder_base(folder: Path) -> str:
     import json
 
-    from lmms_prune_plugin.models.base import pick_wrapper
+    from lmms_prune_plugin.harnesses.lmms_eval.base import pick_wrapper
 
     return pick_wrapper(json.loads((Path(folder) / "config.json").read_text()))
 
 
 def check_pruned_vlm_args(margs: dict[str, str], simple: bool, engine: str = "hf") -> None:
     """Every key is pruned_vlm's, its base wrapper's or (engine=vllm) vLLM's."""
-    from lmms_prune_plugin.models.pruned_vlm import OWN_ARGS
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import OWN_ARGS
 
     base = assumed_base(margs)
     allowed = set(OWN_ARGS) | named_params(base, simple)
@@ -306,12 +306,12 @@ def check_harness_command(name: str, argv: list[str]) -> None:
     assert opts.get("model") in {"pruned_vlm", "pruned_lm"}, f"--model {opts.get('model')!r}"
     from lm_eval.models.hf_vlms import HFMultimodalLM
 
-    from lmms_prune_plugin.calibration import CalibrationOptions
-    from lmms_prune_plugin.models.arguments import LoadOptions
-    from lmms_prune_plugin.planner import PruneOptions
+    from lmms_prune_plugin.core.calibration import CalibrationOptions
+    from lmms_prune_plugin.core.planner import PruneOptions
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import LoadOptions
 
     ours = set(LoadOptions.names()) | set(CalibrationOptions.names()) | set(PruneOptions.names())
-    from lmms_prune_plugin.models.arguments import _named_params
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _named_params
 
     harness = set(_named_params(HFMultimodalLM))
     unknown = set(model_args(opts.get("model_args", ""))) - ours - harness

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmms_prune_plugin.models import engine as engines
+from lmms_prune_plugin.harnesses.lmms_eval import engine as engines
 
 
 @pytest.mark.parametrize("bad", ["VLLM", "vLLM", "", "sglang", None, 1])
@@ -23,7 +23,7 @@ def test_engine_vllm_without_vllm_says_how_to_get_it(monkeypatch):
 
 
 def test_pruned_vlm_rejects_a_bad_engine_before_loading(monkeypatch):
-    from lmms_prune_plugin.models import pruned_vlm
+    from lmms_prune_plugin.harnesses.lmms_eval import pruned_vlm
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -64,9 +64,9 @@ def test_task_generation_limits_reach_vllm():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from lmms_prune_plugin.cache import weights_fingerprint
-    from lmms_prune_plugin.plan import ModelIdentity
-    from lmms_prune_plugin.planner import PruneOptions, make_plan
+    from lmms_prune_plugin.core.cache import weights_fingerprint
+    from lmms_prune_plugin.core.plan import ModelIdentity
+    from lmms_prune_plugin.core.planner import PruneOptions, make_plan
     from lmms_prune_plugin.testing.tiny import build_tiny_vlm, save_tiny_vlm
 
     path = save_tiny_vlm("qwen2_vl", tmp_path_factory.mktemp("tiny") / "m", num_layers=4)
@@ -94,7 +94,7 @@ def test_export_is_made_once_per_plan_and_reused(tiny, tmp_path, capsys):
 
 
 def test_report_says_which_engine_made_each_row():
-    from lmms_prune_plugin.report import leaderboard, to_markdown
+    from lmms_prune_plugin.tools.report import leaderboard, to_markdown
 
     row = {"model": "m", "criterion": "math", "strategy": "topk", "budget": 2, "kept_layers": 6,
            "removed": [3, 4], "metrics": {"prune_demo_math": {"exact_match,none": 0.5}}}  # fmt: skip

@@ -24,7 +24,7 @@ def test_recipe_tasks_exist_in_lmms_eval(task_names):
 
 
 def test_calibration_sets_point_at_real_tasks(task_names):
-    from lmms_prune_plugin.plugins import get_calibration_sets
+    from lmms_prune_plugin.core.plugins import get_calibration_sets
 
     online = [s.task for s in get_calibration_sets().values() if not s.offline]
     assert online and [t for t in online if t not in task_names] == []
@@ -44,8 +44,8 @@ def _recipe_vars(name):
 
 
 def test_qwen3_vl_recipe_names_real_tasks_criteria_and_fractional_budgets(task_names):
-    from lmms_prune_plugin.plugins import get_criteria
-    from lmms_prune_plugin.strategies import resolve_budget
+    from lmms_prune_plugin.core.plugins import get_criteria
+    from lmms_prune_plugin.core.strategies import resolve_budget
 
     v = _recipe_vars("tasks_qwen3_vl.sh")
     tasks = v["QWEN3_MATH_TASKS"] + v["QWEN3_GENERAL_TASKS"]
@@ -64,7 +64,7 @@ def test_qwen3_vl_recipe_names_real_tasks_criteria_and_fractional_budgets(task_n
 
 def test_qwen3_vl_recipe_cells_plan():
     """Every sweep cell of the recipe is a valid option set (greedy criteria only with topk)."""
-    from lmms_prune_plugin.sweep import plan_cells
+    from lmms_prune_plugin.tools.sweep import plan_cells
 
     v = _recipe_vars("tasks_qwen3_vl.sh")
     budgets = [float(b) if "." in b else int(b) for b in v["QWEN3_BUDGETS"]]

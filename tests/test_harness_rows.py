@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin.cli import main
-from lmms_prune_plugin.harness_rows import read_source
-from lmms_prune_plugin.plan import ModelIdentity, PrunePlan
+from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan
+from lmms_prune_plugin.tools.cli import main
+from lmms_prune_plugin.tools.harness_rows import read_source
 
 MODEL = "org/tiny-vlm"
 SCORES = (0.1, 0.9, 0.8, 0.95, 0.93, 0.99, 0.97, 0.995, 0.98, 0.97, 0.94, 0.8)
@@ -27,7 +27,7 @@ def plan(budget=4, removed=(5, 7, 8, 9), criterion="math", strategy="topk"):
 
 def recorded(p: PrunePlan) -> dict:
     """What pruned_vlm writes into lm-eval's config.prune_plan."""
-    from lmms_prune_plugin.models.results import summary
+    from lmms_prune_plugin.harnesses.lmms_eval.results import summary
 
     return summary(p)
 

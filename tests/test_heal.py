@@ -6,20 +6,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmms_prune_plugin.heal import (
+from lmms_prune_plugin.core.heal import (
     HealOptions,
     heal_,
-    heal_and_export,
     loss_on,
     merge_,
     student_logits,
     teacher_logits,
-    training_data_for,
     unload_,
 )
-from lmms_prune_plugin.planner import PruneOptions
+from lmms_prune_plugin.core.planner import PruneOptions
+from lmms_prune_plugin.core.training_data import collate
+from lmms_prune_plugin.harnesses.lmms_eval.training import (
+    heal_and_export,
+    training_data_for,
+    wrapper_tokenizer,
+)
 from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
-from lmms_prune_plugin.training_data import collate, wrapper_tokenizer
 
 TASKS = str(Path(__file__).parent / "tasks")
 ARCH = "qwen2_vl"
@@ -31,7 +34,7 @@ def ckpt(tmp_path_factory):
 
 
 def load(ckpt, include_path=TASKS, **extra):
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     return PrunedVLM(pretrained=str(ckpt), budget=0, include_path=include_path,
                      plan_cache=False, **wrapper_kwargs(ARCH), **extra)  # fmt: skip
@@ -115,7 +118,7 @@ def test_same_seed_same_training(ckpt):
 def test_merged_export_reloads_as_the_healed_model(healed, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from lmms_prune_plugin.export import save_export
+    from lmms_prune_plugin.surgery.export import save_export
 
     lm, plan, data, _, peft_model, result = healed
     inputs, _, _ = collate(data.examples[:4], wrapper_tokenizer(lm.base).pad_token_id)
@@ -137,7 +140,7 @@ def test_merged_export_reloads_as_the_healed_model(healed, tmp_path):
 
 
 def test_bad_input_fails_before_training(ckpt, tmp_path, capsys):
-    from lmms_prune_plugin.cli import main
+    from lmms_prune_plugin.tools.cli import main
 
     for bad, word in (({"steps": 0}, "steps=0"), ({"rank": 0}, "rank=0"),
                       ({"objective": "dpo"}, "objective='dpo'"), ({"lr": -1.0}, "lr=-1.0")):  # fmt: skip
@@ -221,7 +224,7 @@ def test_training_documents_are_never_benchmark_documents():
 def test_sweep_heal_puts_healed_rows_next_to_unhealed(ckpt, tmp_path):
     from lmms_eval.tasks import TaskManager
 
-    from lmms_prune_plugin.sweep import plan_cells, read_rows, run_sweep
+    from lmms_prune_plugin.tools.sweep import plan_cells, read_rows, run_sweep
 
     lm = load(ckpt, batch_size=4)  # training data is still built one prompt per call
     before = {k: v.clone() for k, v in lm.hf_model.state_dict().items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin.plan import PrunePlan
+from lmms_prune_plugin.core.plan import PrunePlan
 from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
 
 TASKS = str(Path(__file__).parent / "tasks")
@@ -45,12 +45,12 @@ def no_load(monkeypatch):
         seen.update(kwargs, _base=name)
         raise Loaded
 
-    monkeypatch.setattr("lmms_prune_plugin.models.pruned_vlm.build_wrapper", build)
+    monkeypatch.setattr("lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm.build_wrapper", build)
     return seen
 
 
 def pruned(ckpt, wrapper_args=True, **extra):
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     args = {"pretrained": str(ckpt), **(wrapper_kwargs(ARCH) if wrapper_args else {})}
     args |= (
@@ -241,7 +241,7 @@ def calibrated(ckpt, tmp_path_factory):
 
 
 def test_a_plan_from_another_checkpoint_is_refused_unless_told(calibrated, other_ckpt, tmp_path):
-    from lmms_prune_plugin.models import results
+    from lmms_prune_plugin.harnesses.lmms_eval import results
 
     plan, _, _ = calibrated
     f = plan.save(tmp_path / "plan.json")
@@ -365,7 +365,9 @@ def test_whatever_changes_the_activations_misses_the_cache(
     if change == "min_pixels":
         extra = {"min_pixels": 2 * wrapper_kwargs(ARCH)["min_pixels"]}
     elif change == "dtype":
-        monkeypatch.setattr("lmms_prune_plugin.models.pruned_vlm.build_wrapper", _float64_wrapper)
+        monkeypatch.setattr(
+            "lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm.build_wrapper", _float64_wrapper
+        )
     elif change in ("tokenizer", "chat_template"):
         path = shutil.copytree(ckpt, tmp_path / "ckpt")
         if change == "tokenizer":
@@ -382,7 +384,7 @@ def test_whatever_changes_the_activations_misses_the_cache(
         extra = {"include_path": str(tasks)}
     elif change == "version":
         monkeypatch.setattr("lmms_prune_plugin.__version__", "999.0")
-        monkeypatch.setattr("lmms_prune_plugin.cache.__version__", "999.0")
+        monkeypatch.setattr("lmms_prune_plugin.core.cache.__version__", "999.0")
     elif change == "tokens":
         extra = {"tokens": "last"}
     elif change == "limit":
@@ -392,7 +394,7 @@ def test_whatever_changes_the_activations_misses_the_cache(
 
 
 def _float64_wrapper(name, simple, **kwargs):
-    from lmms_prune_plugin.models.base import build_wrapper
+    from lmms_prune_plugin.harnesses.lmms_eval.base import build_wrapper
 
     wrapper = build_wrapper(name, simple, **kwargs)
     wrapper.model.to(dtype=__import__("torch").float64)
@@ -402,7 +404,7 @@ def _float64_wrapper(name, simple, **kwargs):
 def test_tokens_image_on_a_model_without_image_token_ids_is_refused():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from lmms_prune_plugin.capture import LayerCapture
+    from lmms_prune_plugin.core.capture import LayerCapture
 
     model = Qwen2ForCausalLM(Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                          num_key_value_heads=1, intermediate_size=64, vocab_size=64))  # fmt: skip
@@ -415,7 +417,7 @@ def test_tokens_image_on_a_model_without_image_token_ids_is_refused():
 
 # --------------------------------------------------------------------------- CLI
 def run(*argv):
-    from lmms_prune_plugin.cli import main
+    from lmms_prune_plugin.tools.cli import main
 
     return main([str(a) for a in argv])
 
@@ -439,7 +441,7 @@ def test_export_never_replaces_a_folder_that_is_not_an_export(tmp_path, capsys):
 def test_an_interrupted_exports_leftovers_are_removed_only_when_provably_ours(
     calibrated, ckpt, tmp_path
 ):
-    from lmms_prune_plugin.export import MANIFEST_FORMAT, MARKER, export_pruned
+    from lmms_prune_plugin.surgery.export import MANIFEST_FORMAT, MARKER, export_pruned
 
     plan, _, _ = calibrated
     out = tmp_path / "export"

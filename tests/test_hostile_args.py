@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin.models import exit_status
-from lmms_prune_plugin.plan import PrunePlan
+from lmms_prune_plugin.core.plan import PrunePlan
+from lmms_prune_plugin.harnesses.lmms_eval import exit_status
 from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
 
 TASKS = str(Path(__file__).parent / "tasks")
@@ -42,12 +42,12 @@ def no_load(monkeypatch):
         seen.update(kwargs, _base=name)
         raise Loaded
 
-    monkeypatch.setattr("lmms_prune_plugin.models.pruned_vlm.build_wrapper", build)
+    monkeypatch.setattr("lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm.build_wrapper", build)
     return seen
 
 
 def pruned(ckpt, **extra):
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     args = {"pretrained": str(ckpt), **wrapper_kwargs(ARCH)}
     args |= {**CALIB, "criterion": "math", "budget": 2} if "plan" not in extra else {}
@@ -118,7 +118,7 @@ def test_empty_values_are_errors_not_defaults(ckpt, no_load, name, empty):
 
 
 def test_a_key_given_twice_in_model_args_is_refused():
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     with pytest.raises(ValueError, match=r"budget is given twice .*budget=2 and budget=3"):
         PrunedVLM.create_from_arg_string("criterion=math,budget=2,budget=3")
@@ -239,8 +239,8 @@ def test_the_weights_of_every_tested_architecture_match_their_configs(tmp_path):
     """No false alarm: the depth check finds the decoder and agrees on every tiny architecture."""
     from transformers import AutoModelForImageTextToText
 
-    from lmms_prune_plugin.checkpoint import check_stored_depth, check_weight_files
-    from lmms_prune_plugin.layers import find_decoder_layers
+    from lmms_prune_plugin.surgery.checkpoint import check_stored_depth, check_weight_files
+    from lmms_prune_plugin.surgery.layers import find_decoder_layers
     from lmms_prune_plugin.testing.tiny import ARCHITECTURES
 
     for arch in ARCHITECTURES:
@@ -249,7 +249,7 @@ def test_the_weights_of_every_tested_architecture_match_their_configs(tmp_path):
         model = AutoModelForImageTextToText.from_pretrained(path)
         layers = find_decoder_layers(model).layers
         check_stored_depth(str(path), names, layers)
-        from lmms_prune_plugin.checkpoint import stored_layer_indices
+        from lmms_prune_plugin.surgery.checkpoint import stored_layer_indices
 
         layer0 = {n for n, _ in layers[0].named_parameters()}
         assert stored_layer_indices(names, layer0)[1] == {0, 1, 2}, arch
@@ -313,7 +313,7 @@ def test_a_task_that_fails_to_build_is_not_blamed_on_being_offline(ckpt, tmp_pat
 
 
 def test_an_include_path_edited_after_a_good_check_is_checked_again(tmp_path):
-    from lmms_prune_plugin.calibration import check_task_folder
+    from lmms_prune_plugin.harnesses.lmms_eval.task_folders import check_task_folder
 
     (tmp_path / "a.yaml").write_text("task: prune_x\n")
     check_task_folder("include_path", str(tmp_path))  # passes, remembered
@@ -390,7 +390,7 @@ def test_save_plan_that_is_a_link_is_refused(ckpt, no_load, tmp_path, plan_file,
 def test_a_cache_entry_that_is_a_fifo_is_not_read(tmp_path, logged):
     import os
 
-    from lmms_prune_plugin.cache import Cache
+    from lmms_prune_plugin.core.cache import Cache
 
     cache = Cache(tmp_path)
     os.mkfifo(cache.path("plan", "k"))
@@ -399,7 +399,7 @@ def test_a_cache_entry_that_is_a_fifo_is_not_read(tmp_path, logged):
 
 
 def test_an_export_never_replaces_the_checkpoint_it_is_made_from(tmp_path):
-    from lmms_prune_plugin.export import check_not_source
+    from lmms_prune_plugin.surgery.export import check_not_source
 
     source = tmp_path / "ckpt"
     source.mkdir()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin import cache as cache_mod
-from lmms_prune_plugin.cache import (
+from lmms_prune_plugin.core import cache as cache_mod
+from lmms_prune_plugin.core.cache import (
     MEMO_FILE,
     Cache,
     files_fingerprint,
@@ -44,7 +44,7 @@ def other_ckpt(tmp_path_factory):
 
 
 def pruned(path, **extra):
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     args = {
         "pretrained": str(path),
@@ -57,7 +57,7 @@ def pruned(path, **extra):
 
 
 def run(*argv) -> int:
-    from lmms_prune_plugin.cli import main
+    from lmms_prune_plugin.tools.cli import main
 
     return main([str(a) for a in argv])
 
@@ -312,9 +312,9 @@ def test_a_cached_plan_that_does_not_follow_from_its_scores_is_not_used(
 
 def test_every_criterion_s_plan_follows_from_its_own_scores():
     """Re-deriving a plan from its JSON gives it back, for plain, block and greedy scores."""
-    from lmms_prune_plugin.criteria import Scores, order_scores
-    from lmms_prune_plugin.plan import ModelIdentity, PrunePlan
-    from lmms_prune_plugin.planner import PruneOptions, derivation_problem, select
+    from lmms_prune_plugin.core.criteria import Scores, order_scores
+    from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan
+    from lmms_prune_plugin.core.planner import PruneOptions, derivation_problem, select
 
     model = ModelIdentity("m", "A", "t", 8, "model.layers")
     per_layer = (0.9, 0.1, 0.8, 0.85, 0.2, 0.3, 0.7, 0.6)
@@ -418,7 +418,7 @@ def _write(path: Path, rows: list[dict], tail: str = "") -> Path:
     ],
 )
 def test_a_hand_edited_row_is_refused_by_report_and_resume(tmp_path, capsys, index, change, want):
-    from lmms_prune_plugin.sweep import read_rows
+    from lmms_prune_plugin.tools.sweep import read_rows
 
     assert len(read_rows(_write(tmp_path / "good.jsonl", ROWS))) == len(ROWS)
     rows = [dict(r) for r in ROWS]
@@ -435,7 +435,7 @@ def test_a_hand_edited_row_is_refused_by_report_and_resume(tmp_path, capsys, ind
 
 
 def test_a_torn_last_line_is_dropped_and_reported(tmp_path, logged):
-    from lmms_prune_plugin.sweep import _mend_tail, read_rows
+    from lmms_prune_plugin.tools.sweep import _mend_tail, read_rows
 
     f = _write(tmp_path / "s.jsonl", ROWS[:2], tail=json.dumps(ROWS[2])[:40])
     assert read_rows(f) == ROWS[:2]
@@ -457,7 +457,7 @@ def test_a_torn_last_line_is_dropped_and_reported(tmp_path, logged):
     ids=["middle", "last with newline", "last, not a row"],
 )
 def test_a_corrupt_line_that_is_not_a_torn_tail_is_an_error(tmp_path, text, line):
-    from lmms_prune_plugin.sweep import read_rows
+    from lmms_prune_plugin.tools.sweep import read_rows
 
     f = tmp_path / "s.jsonl"
     f.write_text(text)
@@ -489,7 +489,7 @@ def test_report_refuses_a_cell_twice_and_rows_of_other_settings(tmp_path, capsys
 
 
 def test_by_budget_keeps_each_engine_s_curve():
-    from lmms_prune_plugin.report import by_budget, leaderboard
+    from lmms_prune_plugin.tools.report import by_budget, leaderboard
 
     rows = [ROWS[0], ROWS[1], ROWS[0] | {"engine": "vllm"}, ROWS[1] | {"engine": "vllm"}]
     rows[3] = rows[3] | {"metrics": {"t": {"exact_match,none": 0.25}}}
@@ -503,7 +503,7 @@ def test_unknown_tasks_get_close_names():
     from lmms_eval.tasks import TaskManager
 
     from lmms_prune_plugin import TASKS_DIR
-    from lmms_prune_plugin.sweep import check_tasks
+    from lmms_prune_plugin.tools.sweep import check_tasks
 
     tm = TaskManager(include_path=[TASKS_DIR], include_defaults=False)
     with pytest.raises(ValueError) as err:

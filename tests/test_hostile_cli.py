@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin.cli import main
-from lmms_prune_plugin.export import MARKER, check_target
-from lmms_prune_plugin.plan import PrunePlan
+from lmms_prune_plugin.core.plan import PrunePlan
+from lmms_prune_plugin.surgery.export import MARKER, check_target
 from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
+from lmms_prune_plugin.tools.cli import main
 
 TASKS = str(Path(__file__).parent / "tasks")
 ARCH = "qwen2_5_vl"
@@ -55,7 +55,7 @@ def no_load(monkeypatch):
     seen = {}
 
     def load(a, **prune):
-        from lmms_prune_plugin import cli
+        from lmms_prune_plugin.tools import cli
 
         seen.update(cli._pruned_vlm_args(a, **prune))
         raise Loaded
@@ -63,7 +63,7 @@ def no_load(monkeypatch):
     def from_pretrained(*args, **kwargs):
         raise Loaded
 
-    monkeypatch.setattr("lmms_prune_plugin.cli._load", load)
+    monkeypatch.setattr("lmms_prune_plugin.tools.cli._load", load)
     monkeypatch.setattr("transformers.AutoModelForImageTextToText.from_pretrained", from_pretrained)
     return seen
 
@@ -185,7 +185,7 @@ def test_force_refuses_an_export_that_is_not_exactly_what_was_written(exported, 
 def test_force_replaces_an_unchanged_export_and_its_manifest_lists_every_file(
     ckpt, exported, tmp_path
 ):
-    from lmms_prune_plugin.cache import hash_file
+    from lmms_prune_plugin.core.cache import hash_file
 
     out = copy_of(exported, tmp_path)
     argv = ["export", "--model_args", margs(ckpt), "--plan_cache", "false", "--criterion", "last"]
@@ -203,7 +203,7 @@ def test_force_replaces_an_unchanged_export_and_its_manifest_lists_every_file(
 def test_an_export_changed_while_a_new_one_is_written_is_kept(
     ckpt, exported, tmp_path, monkeypatch
 ):
-    from lmms_prune_plugin import export
+    from lmms_prune_plugin.surgery import export
 
     out = copy_of(exported, tmp_path)
     write_processor = export._write_processor
@@ -222,7 +222,7 @@ def test_an_export_changed_while_a_new_one_is_written_is_kept(
 
 @pytest.mark.parametrize("umask", [0o022, 0o007])
 def test_an_export_has_the_modes_the_umask_gives(ckpt, exported, tmp_path, umask):
-    from lmms_prune_plugin.export import export_pruned
+    from lmms_prune_plugin.surgery.export import export_pruned
 
     plan = PrunePlan.load(exported / "plan.json")
     old = os.umask(umask)
@@ -297,7 +297,7 @@ def test_an_os_error_is_reported_not_raised(monkeypatch, capsys):
     def full_disk(a):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lmms_prune_plugin.cli.cmd_list", full_disk)
+    monkeypatch.setattr("lmms_prune_plugin.tools.cli.cmd_list", full_disk)
     assert run("list") == 1
     assert "lmms-prune list: error: OSError: [Errno 28] No space left on device" in (
         capsys.readouterr().err

@@ -4,7 +4,11 @@ from helpers import vlm_batch
 from torch import nn
 from transformers import AutoModelForImageTextToText
 
-from lmms_prune_plugin.layers import KNOWN_PATHS, find_decoder_layers, remove_decoder_layers_
+from lmms_prune_plugin.surgery.layers import (
+    KNOWN_PATHS,
+    find_decoder_layers,
+    remove_decoder_layers_,
+)
 from lmms_prune_plugin.testing.tiny import ARCHITECTURES, build_tiny_vlm
 
 
@@ -146,7 +150,7 @@ def test_qwen3_vl_deepstack_follows_loop_position():
 
 
 def test_temporary_removal_restores_the_model_exactly():
-    from lmms_prune_plugin.layers import decoder_layers_removed
+    from lmms_prune_plugin.surgery.layers import decoder_layers_removed
 
     model, processor = build_tiny_vlm("qwen2_5_vl", num_layers=5)
     batch = vlm_batch(processor)

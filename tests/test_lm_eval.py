@@ -12,13 +12,13 @@ import torch
 
 pytest.importorskip("lm_eval")
 
+from lmms_prune_plugin.core.plan import PrunePlan  # noqa: E402
 from lmms_prune_plugin.demo import DEMO_MODEL_DIR, TASKS_DIR  # noqa: E402
 from lmms_prune_plugin.harnesses.lm_eval_source import (  # noqa: E402
     LM_EVAL_TASKS_DIR,
     LmEvalSource,
     PromptSettings,
 )
-from lmms_prune_plugin.plan import PrunePlan  # noqa: E402
 
 TASKS = LM_EVAL_TASKS_DIR
 LAUNCHER = [sys.executable, "-m", "lmms_prune_plugin.harnesses.lm_eval"]
@@ -156,7 +156,7 @@ def test_documents_are_lm_eval_requests_of_one_token(demo_lm):
 
 def test_the_model_sees_exactly_what_lm_eval_builds(demo_lm):
     """The prefill input ids are the processor's encoding of lm-eval's context and image."""
-    from lmms_prune_plugin.capture import LayerCapture
+    from lmms_prune_plugin.core.capture import LayerCapture
 
     source = LmEvalSource(demo_lm, PromptSettings.parse(True))
     docs = source.documents("prune_calib_math", 4, 0, 1, "calib_math")
@@ -191,7 +191,7 @@ def test_the_model_sees_exactly_what_lm_eval_builds(demo_lm):
 
 
 def test_text_calibration_through_the_vlm_covers_every_layer(demo_lm):
-    from lmms_prune_plugin.capture import LayerCapture
+    from lmms_prune_plugin.core.capture import LayerCapture
 
     source = LmEvalSource(demo_lm, PromptSettings.parse(True))
     docs = source.documents("prune_calib_text_math", 3, 0, 1, "calib_math")
@@ -338,8 +338,8 @@ def test_launcher_refusals_exit_non_zero(no_load, logged, extra, pattern):
 
 
 def test_only_our_refusals_are_reported_without_a_traceback():
+    from lmms_prune_plugin.core.planner import PruneOptions
     from lmms_prune_plugin.harnesses.lm_eval import _failure
-    from lmms_prune_plugin.planner import PruneOptions
 
     with pytest.raises(ValueError) as ours:
         PruneOptions.parse(budget="four")
@@ -351,9 +351,9 @@ def test_only_our_refusals_are_reported_without_a_traceback():
 
 
 def test_the_plan_is_written_beside_new_results_and_never_over_another(tmp_path, monkeypatch):
+    from lmms_prune_plugin.core.plan import ModelIdentity
+    from lmms_prune_plugin.core.planner import unpruned_plan
     from lmms_prune_plugin.harnesses import lm_eval, lm_eval_models
-    from lmms_prune_plugin.plan import ModelIdentity
-    from lmms_prune_plugin.planner import unpruned_plan
 
     plan = unpruned_plan(ModelIdentity("m", "Arch", "t", 4, "model.layers"))
     monkeypatch.setitem(lm_eval_models._LOADED, "plan", plan)
@@ -584,7 +584,7 @@ def test_text_and_image_tasks_together_through_pruned_vlm():
 def test_same_layers_as_lmms_eval_on_the_demo():
     """Both harnesses calibrate the demo model on the same documents with the same prompt text
     (lmms-eval sends the image through a JPEG round trip): the plans agree."""
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM as LmmsEvalPrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM as LmmsEvalPrunedVLM
 
     common = {"criterion": "math", "budget": 4, "calib_limit": 32}
     ours = _vlm(**common, apply_chat_template=True, device="cpu")
@@ -621,7 +621,7 @@ def test_the_ci_example_runs_lm_eval_commands_that_parse():
 
 
 def test_only_the_lm_eval_modules_import_lm_eval():
-    core = "lmms_prune_plugin lmms_prune_plugin.planner lmms_prune_plugin.harnesses lmms_prune_plugin.cli"
+    core = "lmms_prune_plugin lmms_prune_plugin.core.planner lmms_prune_plugin.harnesses lmms_prune_plugin.tools.cli"
     code = (
         f"import importlib, sys\nfor m in {core.split()!r}: importlib.import_module(m)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lm_eval'))"

@@ -75,7 +75,7 @@ def test_cli_end_to_end(checkpoints, tmp_path, arch, wrapper):
 
 
 def _model(arch, path, **extra):
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     return PrunedVLM(**args_for(arch, path, **extra))
 
@@ -103,7 +103,7 @@ def test_simple_evaluate_with_a_model_instance(checkpoints):
 
 
 def test_wrapper_is_picked_from_model_type(checkpoints):
-    from lmms_prune_plugin.models.base import pick_wrapper, read_config
+    from lmms_prune_plugin.harnesses.lmms_eval.base import pick_wrapper, read_config
 
     assert pick_wrapper(read_config(str(checkpoints["qwen2_5_vl"]))) == "qwen2_5_vl"
     assert pick_wrapper(read_config(str(checkpoints["llava_onevision"]))) == "llava_hf"
@@ -196,7 +196,7 @@ def test_corrupt_or_foreign_plan_files_are_refused(checkpoints, tmp_path):
 
 
 def test_corrupt_cache_entry_is_reported_and_recomputed(checkpoints, logged):
-    from lmms_prune_plugin.cache import default_cache_dir
+    from lmms_prune_plugin.core.cache import default_cache_dir
 
     first = _model("qwen2_5_vl", checkpoints["qwen2_5_vl"], criterion="math", budget=2)
     entries = list(default_cache_dir().glob("*.json"))
@@ -239,7 +239,7 @@ def test_hf_vlm_loglikelihood_returns_losses(checkpoints):
 
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLMSimple
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLMSimple
 
     lm = PrunedVLMSimple(
         pretrained=str(checkpoints["idefics3"]), device="cpu", criterion="last", budget=2
@@ -266,7 +266,7 @@ def test_multiple_choice_through_the_cli_matches_a_direct_computation(checkpoint
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from lmms_prune_plugin.layers import remove_decoder_layers_
+    from lmms_prune_plugin.surgery.layers import remove_decoder_layers_
 
     sys.path.insert(0, str(Path(TASKS) / "prune_test"))
     import utils as task_utils
@@ -379,8 +379,8 @@ def test_architecture_is_evaluated_through_lmms_evals_own_wrapper(tmp_path, arch
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    from lmms_prune_plugin.layers import find_decoder_layers
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.surgery.layers import find_decoder_layers
     from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
 
     base, wrapper, options = OWN_WRAPPERS[arch]
@@ -409,7 +409,7 @@ def test_architecture_is_evaluated_through_lmms_evals_own_wrapper(tmp_path, arch
 def test_a_base_that_loads_another_architecture_is_refused_before_calibration(tmp_path):
     """lmms-eval's glm4v picks its model class from the path: a dense GLM-4V checkpoint whose
     path does not say "Flash" loads as GLM-4V-MoE. That is named, not measured."""
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
     from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
 
     path = save_arch_checkpoint("glm4v", tmp_path / "glm4v", num_layers=4)
@@ -421,7 +421,7 @@ def test_a_base_that_loads_another_architecture_is_refused_before_calibration(tm
 def test_a_base_whose_wrapper_does_not_import_is_named(monkeypatch):
     from lmms_eval import models
 
-    from lmms_prune_plugin.models.base import wrapper_class
+    from lmms_prune_plugin.harnesses.lmms_eval.base import wrapper_class
 
     def missing(name, force_simple=False):
         raise ModuleNotFoundError("No module named 'librosa'")
@@ -436,8 +436,8 @@ def test_remote_code_runs_only_when_the_user_says_so(tmp_path):
     checkpoint that ships code is refused before anything loads."""
     import json
 
-    from lmms_prune_plugin.models.arguments import _check_remote_code
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _check_remote_code
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     kwargs: dict = {}
     _check_remote_code("gemma4", False, str(tmp_path), None, False, kwargs)
@@ -455,8 +455,8 @@ def test_code_mapped_by_a_processor_file_is_refused_too(tmp_path):
     processor_config.json (not config.json) would run the checkpoint's code."""
     import json
 
-    from lmms_prune_plugin.models.base import ships_code
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.base import ships_code
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mistral3"}))
     assert ships_code(str(tmp_path)) == []
@@ -477,7 +477,11 @@ def test_a_wrapper_that_hard_codes_remote_code_is_found_from_its_source():
     True included: vllm) are not."""
     import ast
 
-    from lmms_prune_plugin.models.base import _literal_trust, always_trusts, wrapper_class
+    from lmms_prune_plugin.harnesses.lmms_eval.base import (
+        _literal_trust,
+        always_trusts,
+        wrapper_class,
+    )
 
     where = always_trusts("lfm2_5_vl", wrapper_class("lfm2_5_vl", simple=False))
     assert where is not None and where.startswith("lmms_eval/models/chat/lfm2_5_vl.py:")
@@ -499,7 +503,7 @@ def test_a_revision_reaches_the_wrapper_or_is_refused(tmp_path):
     """Wrappers that load model and processor at the revision get it; llama_vision loads its
     processor from the default branch and qwen2_5_vl takes none: refused before loading, as is a
     revision of a local folder."""
-    from lmms_prune_plugin.models.arguments import _check_revision
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _check_revision
 
     kwargs: dict = {}
     _check_revision("hf_vlm", "org/name", "v1", kwargs)
@@ -516,7 +520,7 @@ def test_a_revision_reaches_the_wrapper_or_is_refused(tmp_path):
 def test_a_checkpoint_without_model_type_is_refused_before_loading(tmp_path):
     import json
 
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
 
     (tmp_path / "config.json").write_text(json.dumps({"num_hidden_layers": 4}))
     for base in (None, "qwen2_5_vl"):
@@ -528,7 +532,7 @@ def test_a_checkpoint_without_model_type_is_refused_before_loading(tmp_path):
 def test_a_wrapper_that_cannot_load_the_architecture_is_named(tmp_path):
     """llava_hf looks the model_type up in its own map: a KeyError from inside lmms-eval becomes
     an error that names the base, the checkpoint and its model_type."""
-    from lmms_prune_plugin.models.pruned_vlm import PrunedVLM
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
     from lmms_prune_plugin.testing.archs import checkpoint_wrapper_kwargs, save_arch_checkpoint
 
     path = save_arch_checkpoint("idefics2", tmp_path / "idefics2", num_layers=4)
@@ -545,7 +549,10 @@ def test_a_wrapper_that_cannot_load_the_architecture_is_named(tmp_path):
 def test_trust_remote_code_true_with_a_wrapper_that_always_trusts_is_accepted():
     """qwen3_vl has no trust_remote_code argument but always loads with it: asking for it is
     what the wrapper does anyway, so the argument is not passed on and not refused."""
-    from lmms_prune_plugin.models.arguments import _check_base_kwargs, _check_remote_code
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import (
+        _check_base_kwargs,
+        _check_remote_code,
+    )
 
     for base, simple in (("qwen3_vl", True), ("lfm2_5_vl", False)):
         kwargs: dict = {"trust_remote_code": True}
@@ -564,7 +571,7 @@ def test_errors_of_memory_and_bad_values_while_loading_pass_through_unchanged(mo
     this architecture"; running out of memory or a bad value is not about the architecture."""
     import torch
 
-    from lmms_prune_plugin.models import pruned_vlm
+    from lmms_prune_plugin.harnesses.lmms_eval import pruned_vlm
 
     for error in (torch.OutOfMemoryError("CUDA out of memory"), ValueError("invalid literal")):
 

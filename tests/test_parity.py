@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from helpers import vlm_batch
 
-from lmms_prune_plugin.capture import LayerCapture
-from lmms_prune_plugin.criteria import CriterionOptions
-from lmms_prune_plugin.plugins import get_criterion, get_strategy
+from lmms_prune_plugin.core.capture import LayerCapture
+from lmms_prune_plugin.core.criteria import CriterionOptions
+from lmms_prune_plugin.core.plugins import get_criterion, get_strategy
 from lmms_prune_plugin.testing.tiny import build_tiny_vlm
 
 L = 5

@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import vlm_batch
 
-from lmms_prune_plugin.plan import CalibrationIdentity, ModelIdentity, PrunePlan
-from lmms_prune_plugin.planner import PruneOptions, make_plan
-from lmms_prune_plugin.stats import LayerStatistics
+from lmms_prune_plugin.core.plan import CalibrationIdentity, ModelIdentity, PrunePlan
+from lmms_prune_plugin.core.planner import PruneOptions, make_plan
+from lmms_prune_plugin.core.stats import LayerStatistics
 from lmms_prune_plugin.testing.tiny import build_tiny_vlm
 
 
@@ -111,7 +111,7 @@ def test_options_are_validated_up_front(opts, message):
 
 
 def test_token_selection_is_validated_with_the_calibration_config():
-    from lmms_prune_plugin.calibration import CalibrationConfig
+    from lmms_prune_plugin.core.calibration import CalibrationConfig
 
     with pytest.raises(ValueError, match="tokens='x'"):
         CalibrationConfig.parse(tokens="x")

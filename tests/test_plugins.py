@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from lmms_prune_plugin import plugins
-from lmms_prune_plugin.criteria import CriterionOptions
-from lmms_prune_plugin.plan import ModelIdentity
-from lmms_prune_plugin.planner import PruneOptions, make_plan
+from lmms_prune_plugin.core import plugins
+from lmms_prune_plugin.core.criteria import CriterionOptions
+from lmms_prune_plugin.core.plan import ModelIdentity
+from lmms_prune_plugin.core.planner import PruneOptions, make_plan
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 
@@ -38,7 +38,7 @@ def test_third_party_criterion_is_usable_by_name(example_plugin):
 
 def test_builtins_register_through_the_same_hooks():
     names = [plugins.pm.get_name(p) for p in plugins.pm.get_plugins()]
-    assert "lmms_prune_plugin.builtins" in names
+    assert "lmms_prune_plugin.core.builtins" in names
     assert {"math", "nonmath", "mixed", "shortgpt", "angular", "last", "random"} <= set(
         plugins.get_criteria()
     )
@@ -47,8 +47,8 @@ def test_builtins_register_through_the_same_hooks():
 def test_locator_hook_answers_for_unknown_architectures():
     import torch.nn as nn
 
-    from lmms_prune_plugin.hookspecs import hookimpl
-    from lmms_prune_plugin.layers import find_decoder_layers
+    from lmms_prune_plugin.core.hookspecs import hookimpl
+    from lmms_prune_plugin.surgery.layers import find_decoder_layers
 
     class Weird(nn.Module):
         def __init__(self):

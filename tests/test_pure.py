@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from lmms_prune_plugin import args, similarity
-from lmms_prune_plugin.options import OptionRecord, choose, option, parse_list
+from lmms_prune_plugin.core import args, similarity
+from lmms_prune_plugin.core.options import OptionRecord, choose, option, parse_list
 
 
 # ------------------------------------------------------------------ similarity
@@ -178,3 +178,18 @@ def test_padding_may_hold_non_finite_values():
     assert bool(finite) and total.item() == pytest.approx(1.0)
     rows, finite = similarity.masked_cosine_rows(h, h, weight)
     assert bool(finite) and rows.tolist() == pytest.approx([1.0])
+
+
+def test_the_core_imports_no_harness():
+    """``import lmms_prune_plugin`` and the core import neither lmms-eval, lm-eval nor
+    VLMEvalKit (VLMEvalKit turns certificate checks off for the whole process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, lmms_prune_plugin, lmms_prune_plugin.core.planner, "
+        "lmms_prune_plugin.core.heal, lmms_prune_plugin.surgery.export\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lmms_eval', 'lm_eval', 'vlmeval'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from lmms_prune_plugin.cli import main
-from lmms_prune_plugin.plan import ModelIdentity
-from lmms_prune_plugin.planner import PruneOptions
-from lmms_prune_plugin.report import bootstrap_intervals, leaderboard, regimes_ci
-from lmms_prune_plugin.stability import bootstrap_plans, jaccard, mean_pairwise_jaccard
-from lmms_prune_plugin.stats import LayerStatistics, pool
+from lmms_prune_plugin.core.plan import ModelIdentity
+from lmms_prune_plugin.core.planner import PruneOptions
+from lmms_prune_plugin.core.stats import LayerStatistics, pool
+from lmms_prune_plugin.tools.cli import main
+from lmms_prune_plugin.tools.report import bootstrap_intervals, leaderboard, regimes_ci
+from lmms_prune_plugin.tools.stability import bootstrap_plans, jaccard, mean_pairwise_jaccard
 
 DOCS = 400
 
@@ -128,7 +128,7 @@ def test_bootstrap_plans_find_the_stable_and_the_unstable_layer():
 
 
 def test_a_healed_row_of_a_score_free_strategy_is_its_own_method():
-    from lmms_prune_plugin.report import method
+    from lmms_prune_plugin.tools.report import method
 
     row = {"budget": 4, "strategy": "uniform"}
     assert method(row | {"criterion": "last"}) == "uniform"

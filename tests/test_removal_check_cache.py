@@ -6,16 +6,16 @@ import json
 import pytest
 import torch
 
-from lmms_prune_plugin import layers
-from lmms_prune_plugin.cache import Cache
-from lmms_prune_plugin.layers import (
+from lmms_prune_plugin.core.cache import Cache
+from lmms_prune_plugin.surgery import layers
+from lmms_prune_plugin.surgery.layers import (
     REMOVAL_CHECK_KIND,
     forget_removal_checks,
     plan_removal,
     removal_checks_in,
     remove_decoder_layers_,
 )
-from lmms_prune_plugin.structure import RefusedRemoval
+from lmms_prune_plugin.surgery.structure import RefusedRemoval
 from lmms_prune_plugin.testing.archs import arch_config, auto_class, build_arch_model, text_batch
 
 
@@ -105,7 +105,7 @@ def test_another_config_removal_or_version_is_checked_again(checks, monkeypatch)
     monkeypatch.setattr(transformers, "__version__", "0.0.1")
     remove_decoder_layers_(build_arch_model("qwen2_vl", num_layers=5), [1, 3])
     assert checks["reference"] == 5
-    monkeypatch.setattr("lmms_prune_plugin.cache.__version__", "0.0.0-other")
+    monkeypatch.setattr("lmms_prune_plugin.core.cache.__version__", "0.0.0-other")
     remove_decoder_layers_(build_arch_model("qwen2_vl", num_layers=5), [1, 3])
     assert checks["reference"] == 6 and len(entries()) == 6
 

@@ -10,9 +10,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from lmms_prune_plugin.leaderboard_html import to_html
-from lmms_prune_plugin.plots import accuracy_vs_budget
-from lmms_prune_plugin.report import leaderboard, series_regimes
+from lmms_prune_plugin.tools.leaderboard_html import to_html
+from lmms_prune_plugin.tools.plots import accuracy_vs_budget
+from lmms_prune_plugin.tools.report import leaderboard, series_regimes
 
 #: A model name is user input: markup in it must show as text, never run.
 MODEL = 'org/<b>tiny</b> & "vlm"<script>document.title="pwned"</script>'

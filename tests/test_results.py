@@ -66,9 +66,9 @@ def test_the_demo_model_gives_the_output_folder_a_name():
     """No pretrained= in model_args: lmms-eval would name the run "" (no model subfolder)."""
     from lmms_eval.loggers.evaluation_tracker import GeneralConfigTracker
 
+    from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan
     from lmms_prune_plugin.demo import DEMO_MODEL_DIR
-    from lmms_prune_plugin.models import results
-    from lmms_prune_plugin.plan import ModelIdentity, PrunePlan
+    from lmms_prune_plugin.harnesses.lmms_eval import results
 
     identity = ModelIdentity(str(DEMO_MODEL_DIR), "Qwen2VLForConditionalGeneration", "qwen2_vl",
                              12, "model.language_model.layers")  # fmt: skip

@@ -2,9 +2,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmms_prune_plugin.criteria import Scores
-from lmms_prune_plugin.plugins import get_strategy
-from lmms_prune_plugin.strategies import StrategyOptions, max_spaced, resolve_budget
+from lmms_prune_plugin.core.criteria import Scores
+from lmms_prune_plugin.core.plugins import get_strategy
+from lmms_prune_plugin.core.strategies import StrategyOptions, max_spaced, resolve_budget
 
 NAMES = ["topk", "spaced", "uniform", "contiguous"]
 

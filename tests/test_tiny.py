@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from lmms_prune_plugin.layers import find_decoder_layers
+from lmms_prune_plugin.surgery.layers import find_decoder_layers
 from lmms_prune_plugin.testing.tiny import (
     ARCHITECTURES,
     LMMS_EVAL_WRAPPERS,

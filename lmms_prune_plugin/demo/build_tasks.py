@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import TASKS_DIR
-from .data.splits import HELD_OUT, held_out_docs, shuffled_docs
-from .data.train_task import TRAIN_FILE, train_docs
+from lmms_prune_plugin.demo import TASKS_DIR
+from lmms_prune_plugin.demo.data.splits import HELD_OUT, held_out_docs, shuffled_docs
+from lmms_prune_plugin.demo.data.train_task import TRAIN_FILE, train_docs
 
 
 def _folder(task: str) -> Path:

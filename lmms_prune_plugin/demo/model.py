@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import DEMO_MODEL_DIR, TASKS_DIR
-from .data.canvas import HEIGHT, WIDTH
+from lmms_prune_plugin.demo import DEMO_MODEL_DIR, TASKS_DIR
+from lmms_prune_plugin.demo.data.canvas import HEIGHT, WIDTH
 
 __all__ = ["DEMO_MODEL_DIR", "TASKS_DIR", "check_demo_model", "demo_model_args"]
 REGENERATE = "python scripts/train_demo.py"

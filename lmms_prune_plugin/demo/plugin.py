@@ -1,9 +1,9 @@
 """The demo's offline calibration sets, registered like any plugin's (the core names them only
 as the default ``calib_math`` / ``calib_nonmath``)."""
 
-from ..calibration import CalibrationSet
-from ..hookspecs import hookimpl
-from . import TASKS_DIR
+from lmms_prune_plugin.core.calibration import CalibrationSet
+from lmms_prune_plugin.core.hookspecs import hookimpl
+from lmms_prune_plugin.demo import TASKS_DIR
 
 
 @hookimpl

@@ -5,6 +5,6 @@ imports no harness; each harness module here is imported only by the process tha
 harness (``import vlmeval`` turns certificate checks off for the whole process).
 """
 
-from .base import CalibrationDocs, CalibrationSource
+from lmms_prune_plugin.harnesses.base import CalibrationDocs, CalibrationSource
 
 __all__ = ["CalibrationDocs", "CalibrationSource"]

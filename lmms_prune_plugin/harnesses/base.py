@@ -1,7 +1,7 @@
 """What the core asks of a harness: the exact model inputs it builds for calibration documents.
 
 Calibration runs a harness's own input building and generation (one new token) on a domain's
-documents while :class:`~lmms_prune_plugin.capture.LayerCapture` hooks the model, so the scores
+documents while :class:`~lmms_prune_plugin.core.capture.LayerCapture` hooks the model, so the scores
 are measured on what that harness feeds the model at evaluation time.
 """
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from loguru import logger
 
-from ..distributed import is_main
+from lmms_prune_plugin.core.distributed import is_main
 
 #: The lm-eval models this package registers.
 MODELS = ("pruned_vlm", "pruned_lm")
@@ -36,7 +36,7 @@ MODELS = ("pruned_vlm", "pruned_lm")
 
 def register() -> None:
     """Register ``pruned_vlm`` and ``pruned_lm`` with lm-eval (importing them does it)."""
-    from . import lm_eval_models  # noqa: F401
+    from lmms_prune_plugin.harnesses import lm_eval_models  # noqa: F401
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def share_prompt_settings(args: Any, argv: Sequence[str]) -> Any:
     configuration (``EvaluatorConfig``) for our models, else None."""
     from lm_eval.config.evaluate_config import EvaluatorConfig
 
-    from .lm_eval_models import PROMPT_ARGS
+    from lmms_prune_plugin.harnesses.lm_eval_models import PROMPT_ARGS
 
     if getattr(args, "command", None) != "run":
         return None
@@ -132,8 +132,8 @@ def write_plan_beside_results(output_path: str, before: set[Path]) -> list[Path]
     """``plan.json`` beside the results this run wrote (what ``lmms-prune report`` reads). An
     existing plan.json is kept when it is this plan, and otherwise refused, never replaced; no
     new results file is an error (lm-eval logs a failed save and goes on)."""
-    from ..plan import PrunePlan
-    from .lm_eval_models import loaded_plan
+    from lmms_prune_plugin.core.plan import PrunePlan
+    from lmms_prune_plugin.harnesses.lm_eval_models import loaded_plan
 
     new = sorted(_results_files(output_path) - before)
     if not new:

@@ -24,23 +24,27 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.huggingface import HFLM
 
-from ..args import closest, is_none, optional, parse_bool, reject_empty
-from ..cache import files_fingerprint, key, weights_fingerprint
-from ..calibration import DEFAULT_SETS, CalibrationConfig
-from ..checkpoint import check_stored_depth, check_weight_files, local_folder
-from ..distributed import is_main
-from ..layers import find_decoder_layers
-from ..loading import (
+from lmms_prune_plugin.core.args import closest, is_none, optional, parse_bool, reject_empty
+from lmms_prune_plugin.core.cache import files_fingerprint, key, weights_fingerprint
+from lmms_prune_plugin.core.calibration import DEFAULT_SETS, CalibrationConfig
+from lmms_prune_plugin.core.distributed import is_main
+from lmms_prune_plugin.core.loading import (
     check_plan_alone,
     check_save_plan,
     describe,
     read_checkpoint_config,
     text_depth,
 )
-from ..plan import ModelIdentity, PrunePlan
-from ..planner import Planner, PruneOptions, check_options, prune_option_names
-from ..plugins import get_criterion
-from .lm_eval_source import LmEvalSource, PromptSettings
+from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan
+from lmms_prune_plugin.core.planner import Planner, PruneOptions, check_options, prune_option_names
+from lmms_prune_plugin.core.plugins import get_criterion
+from lmms_prune_plugin.harnesses.lm_eval_source import LmEvalSource, PromptSettings
+from lmms_prune_plugin.surgery.checkpoint import (
+    check_stored_depth,
+    check_weight_files,
+    local_folder,
+)
+from lmms_prune_plugin.surgery.layers import find_decoder_layers
 
 #: Text-only calibration sets of this package's lm-eval task folder (``pruned_lm``'s defaults).
 TEXT_SETS = {"math": "prune_calib_text_math", "nonmath": "prune_calib_text_nonmath"}
@@ -286,7 +290,7 @@ class _PruneOnLoad:
 
     def get_model_info(self) -> dict:
         """lm-eval writes this into its results' ``config``: the plan and how it was made."""
-        from ..models.results import summary
+        from lmms_prune_plugin.harnesses.lmms_eval.results import summary
 
         info = super().get_model_info()
         info["prune_plan"] = summary(self.plan, self.identity)
@@ -323,7 +327,7 @@ class PrunedVLM(_PruneOnLoad, HFMultimodalLM):
     PARENT = "hf-multimodal"
 
     def _demo_model(self, kwargs: dict) -> tuple[str, dict]:
-        from ..demo.model import DEMO_MODEL_DIR, check_demo_model
+        from lmms_prune_plugin.demo.model import DEMO_MODEL_DIR, check_demo_model
 
         # Its processor config already fixes the image size to the rendered canvas (each 28x28
         # cell one visual token); lm-eval, unlike lmms-eval's qwen2_vl, keeps it as saved.

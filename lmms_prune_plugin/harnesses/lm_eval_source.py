@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..args import closest, is_none, parse_bool, reject_empty
-from ..plan import content_hash
-from .base import CalibrationDocs
+from lmms_prune_plugin.core.args import closest, is_none, parse_bool, reject_empty
+from lmms_prune_plugin.core.plan import content_hash
+from lmms_prune_plugin.harnesses.base import CalibrationDocs
 
 #: The lm-eval task folder of this package: the demo's calibration sets and benchmarks, and the
 #: text-only word problems (``--include_path``).
@@ -122,7 +122,7 @@ class LmEvalSource:
         if self._data_key is None:
             from importlib.metadata import version
 
-            from ..cache import folder_fingerprint, key
+            from lmms_prune_plugin.core.cache import folder_fingerprint, key
 
             folders = [folder_fingerprint(p) for p in self.task_paths if Path(p).is_dir()]
             self._data_key = key(
@@ -205,7 +205,7 @@ class LmEvalSource:
         """The first ``limit`` documents of each generate_until task in ``task`` (a task or a
         group), as lm-eval instances of one new token; this rank gets every ``world``-th one.
         The fingerprint covers all of them: contexts, generation settings and image bytes."""
-        from ..requests import resolve_task_name
+        from lmms_prune_plugin.harnesses.lmms_eval.requests import resolve_task_name
 
         name = resolve_task_name(task)
         tasks = self._load(task, name, param)

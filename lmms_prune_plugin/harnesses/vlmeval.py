@@ -33,8 +33,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .vlmeval_args import plan_target
-from .vlmeval_data import DEMO_CALIBRATION
+from lmms_prune_plugin.harnesses.vlmeval_args import plan_target
+from lmms_prune_plugin.harnesses.vlmeval_data import DEMO_CALIBRATION
 
 PROG = "python -m lmms_prune_plugin.harnesses.vlmeval"
 DEMO_MODEL = "lmms_prune_demo"  # (vlmeval_models.DEMO_MODEL; that module imports VLMEvalKit)
@@ -104,9 +104,9 @@ def split_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def check_ours(args: argparse.Namespace) -> dict[str, Any]:
     """Everything our flags alone can tell, before VLMEvalKit is imported; returns the
     keyword arguments of the pruned model (without the output folder)."""
-    from ..calibration import CalibrationConfig
-    from ..plan import PrunePlan
-    from .vlmeval_args import check_depth, model_kwargs, parse_prune
+    from lmms_prune_plugin.core.calibration import CalibrationConfig
+    from lmms_prune_plugin.core.plan import PrunePlan
+    from lmms_prune_plugin.harnesses.vlmeval_args import check_depth, model_kwargs, parse_prune
 
     if not args.model:
         raise LaunchError(
@@ -166,7 +166,7 @@ def register(name: str, kwargs: dict[str, Any]) -> None:
     import vlmeval.vlm
     from vlmeval.config import supported_VLM
 
-    from .vlmeval_models import PrunedVLM
+    from lmms_prune_plugin.harnesses.vlmeval_models import PrunedVLM
 
     vlmeval.vlm.PrunedVLM = PrunedVLM
     supported_VLM[name] = partial(PrunedVLM, name=name, **kwargs)
@@ -180,9 +180,9 @@ def check_with_vlmeval(args: argparse.Namespace, kwargs: dict[str, Any], name: s
     from vlmeval.config import supported_VLM
     from vlmeval.dataset import SUPPORTED_DATASETS
 
-    from .vlmeval_models import DEMO_MODEL as DEMO
-    from .vlmeval_models import HFChat
-    from .vlmeval_source import lmu_root
+    from lmms_prune_plugin.harnesses.vlmeval_models import DEMO_MODEL as DEMO
+    from lmms_prune_plugin.harnesses.vlmeval_models import HFChat
+    from lmms_prune_plugin.harnesses.vlmeval_source import lmu_root
 
     if name in supported_VLM:
         raise LaunchError(
@@ -191,7 +191,7 @@ def check_with_vlmeval(args: argparse.Namespace, kwargs: dict[str, Any], name: s
         )
     ours = args.model == DEMO or args.model not in supported_VLM
     if ours and args.model != DEMO and args.pretrained is None:
-        from ..args import closest
+        from lmms_prune_plugin.core.args import closest
 
         raise LaunchError(
             f"--model {args.model!r} is not in VLMEvalKit's supported_VLM"
@@ -225,9 +225,9 @@ def check_with_vlmeval(args: argparse.Namespace, kwargs: dict[str, Any], name: s
 
 def calibration_domains(args: argparse.Namespace) -> tuple[str, ...]:
     """The domains the pruning options calibrate on (none for a plan file or budget 0)."""
-    from ..args import is_none
-    from ..plugins import get_criterion
-    from .vlmeval_args import parse_prune
+    from lmms_prune_plugin.core.args import is_none
+    from lmms_prune_plugin.core.plugins import get_criterion
+    from lmms_prune_plugin.harnesses.vlmeval_args import parse_prune
 
     if args.plan is not None:
         return ()
@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _outcome(name: str, code: int, run_dir: Path, vargs: argparse.Namespace, since: float) -> int:
-    from .vlmeval_models import FAILED
+    from lmms_prune_plugin.harnesses.vlmeval_models import FAILED
 
     if name in FAILED:
         return _fail(f"the pruned model {name} could not be built: {FAILED[name]}")

@@ -11,10 +11,10 @@ from typing import Any
 
 from loguru import logger
 
-from ..args import is_none
-from ..checkpoint import local_folder, read_local_config
-from ..plan import PrunePlan
-from ..planner import PruneOptions, check_options
+from lmms_prune_plugin.core.args import is_none
+from lmms_prune_plugin.core.plan import PrunePlan
+from lmms_prune_plugin.core.planner import PruneOptions, check_options
+from lmms_prune_plugin.surgery.checkpoint import local_folder, read_local_config
 
 
 def parse_prune(prune: str | Mapping[str, Any] | None) -> PruneOptions:

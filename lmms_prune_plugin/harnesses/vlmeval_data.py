@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..demo import TASKS_DIR
+from lmms_prune_plugin.demo import TASKS_DIR
 
 MAX_OPTIONS = 4
 
@@ -90,7 +90,7 @@ def choose_options(doc_id: str, answer: str, pool: Iterable[str]) -> list[str]:
 
 def image_base64(doc: dict) -> str:
     """The document's rendered image as base64 PNG (lossless)."""
-    from ..demo.data.task_utils import doc_to_visual
+    from lmms_prune_plugin.demo.data.task_utils import doc_to_visual
 
     (image,) = doc_to_visual(doc)
     buffer = io.BytesIO()

@@ -16,15 +16,21 @@ import torch
 from PIL import Image
 from vlmeval.vlm.base import BaseModel
 
-from ..args import closest, parse_bool, parse_int
-from ..cache import files_fingerprint, key, weights_fingerprint
-from ..calibration import CalibrationConfig
-from ..distributed import is_main
-from ..layers import removal_checks_in
-from ..plan import ModelIdentity, PrunePlan
-from .vlmeval_args import check_reuse, parse_prune, plan_target
-from .vlmeval_data import DEMO_CALIBRATION
-from .vlmeval_source import HARNESS, VLMEvalSource, build_plan, describe_removed, find_hf_model
+from lmms_prune_plugin.core.args import closest, parse_bool, parse_int
+from lmms_prune_plugin.core.cache import files_fingerprint, key, weights_fingerprint
+from lmms_prune_plugin.core.calibration import CalibrationConfig
+from lmms_prune_plugin.core.distributed import is_main
+from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan
+from lmms_prune_plugin.harnesses.vlmeval_args import check_reuse, parse_prune, plan_target
+from lmms_prune_plugin.harnesses.vlmeval_data import DEMO_CALIBRATION
+from lmms_prune_plugin.harnesses.vlmeval_source import (
+    HARNESS,
+    VLMEvalSource,
+    build_plan,
+    describe_removed,
+    find_hf_model,
+)
+from lmms_prune_plugin.surgery.layers import removal_checks_in
 
 #: ``--model`` name of the packaged demo checkpoint, run with :class:`HFChat`.
 DEMO_MODEL = "lmms_prune_demo"
@@ -145,8 +151,8 @@ def build_inner(
         path = kwargs.get("model_path") or factory.keywords.get("model_path")
         return model, str(path or getattr(model, "model_path", inner))
     if pretrained is None and inner == DEMO_MODEL:
-        from ..demo.data.prompts import POST_PROMPT
-        from ..demo.model import DEMO_MODEL_DIR, check_demo_model
+        from lmms_prune_plugin.demo.data.prompts import POST_PROMPT
+        from lmms_prune_plugin.demo.model import DEMO_MODEL_DIR, check_demo_model
 
         pretrained = str(check_demo_model(DEMO_MODEL_DIR))
         kwargs.setdefault("post_prompt", POST_PROMPT)  # the demo model's training prompt

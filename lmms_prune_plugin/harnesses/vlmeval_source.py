@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..cache import FileHashes, key
-from ..calibration import CalibrationConfig
-from ..distributed import process_group
-from ..layers import find_decoder_layers
-from ..plan import ModelIdentity, PrunePlan, content_hash
-from ..planner import PruneOptions
-from .base import CalibrationDocs
+from lmms_prune_plugin.core.cache import FileHashes, key
+from lmms_prune_plugin.core.calibration import CalibrationConfig
+from lmms_prune_plugin.core.distributed import process_group
+from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan, content_hash
+from lmms_prune_plugin.core.planner import PruneOptions
+from lmms_prune_plugin.harnesses.base import CalibrationDocs
+from lmms_prune_plugin.surgery.layers import find_decoder_layers
 
 HARNESS = "vlmeval"
 #: Attributes where VLMEvalKit's model classes keep their transformers model, in order.
@@ -224,7 +224,7 @@ def build_plan(
 ) -> PrunePlan:
     """The plan for ``options``, calibrated through ``source`` by the core planner (its checks,
     plan and calibration caches, one-shot and adaptive criteria)."""
-    from ..planner import Planner
+    from lmms_prune_plugin.core.planner import Planner
 
     return Planner(source, model, identity, config, run_key).plan(options)
 

@@ -381,7 +381,7 @@ def _gemma3_processor(cfg):
 def _idefics2_processor(cfg):
     import transformers as tf
 
-    from .tiny import IDEFICS_TEMPLATE
+    from lmms_prune_plugin.testing.tiny import IDEFICS_TEMPLATE
 
     tokens = ["<unk>", "<s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
     tok = _tokenizer(
@@ -411,7 +411,12 @@ def _idefics2_processor(cfg):
 def _qwen3_5_processor(cfg):
     import transformers as tf
 
-    from .tiny import QWEN3_TEMPLATE, QWEN_TOKENS, build_tokenizer, tokenizer_vocab_size
+    from lmms_prune_plugin.testing.tiny import (
+        QWEN3_TEMPLATE,
+        QWEN_TOKENS,
+        build_tokenizer,
+        tokenizer_vocab_size,
+    )
 
     tok = build_tokenizer(QWEN_TOKENS)
     tok.eos_token, tok.pad_token, tok.chat_template = "<|im_end|>", "<|endoftext|>", QWEN3_TEMPLATE
@@ -619,7 +624,7 @@ def _tokenizer(cfg, tokens: list[str], template: str, **named: Any):
     the processor's named tokens (``image_token``, ...). The text vocabulary is sized to it."""
     import transformers as tf
 
-    from .tiny import build_tokenizer, tokenizer_vocab_size
+    from lmms_prune_plugin.testing.tiny import build_tokenizer, tokenizer_vocab_size
 
     roles = {
         k: named.pop(k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if k in named
@@ -717,7 +722,7 @@ def _llava_processor(cfg):
     counts as one more image token unless the strategy drops it."""
     import transformers as tf
 
-    from .tiny import LLAVA_OV_TEMPLATE
+    from lmms_prune_plugin.testing.tiny import LLAVA_OV_TEMPLATE
 
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
     tok = _tokenizer(

@@ -30,7 +30,7 @@ from transformers import (
     ProcessorMixin,
 )
 
-from ..models.base import WRAPPERS
+from lmms_prune_plugin.harnesses.lmms_eval.base import WRAPPERS
 
 ARCHITECTURES: tuple[str, ...] = (
     "qwen2_vl",

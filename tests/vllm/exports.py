@@ -78,9 +78,9 @@ def make(out: Path) -> dict:
     """Every tiny architecture and the demo model, pruned and exported under ``out``."""
     from transformers import AutoProcessor
 
-    from lmms_prune_plugin.export import export_pruned
-    from lmms_prune_plugin.plan import ModelIdentity
-    from lmms_prune_plugin.planner import PruneOptions, make_plan
+    from lmms_prune_plugin.core.plan import ModelIdentity
+    from lmms_prune_plugin.core.planner import PruneOptions, make_plan
+    from lmms_prune_plugin.surgery.export import export_pruned
     from lmms_prune_plugin.testing.tiny import ARCHITECTURES, build_tiny_vlm, save_tiny_vlm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def make(out: Path) -> dict:
                                  hidden_size=TINY_HIDDEN, **tiny_overrides(arch))  # fmt: skip
         model, _ = build_tiny_vlm(arch, num_layers=TINY_LAYERS, seed=1, hidden_size=TINY_HIDDEN,
                                   **tiny_overrides(arch))  # fmt: skip
-        from lmms_prune_plugin.cache import weights_fingerprint
+        from lmms_prune_plugin.core.cache import weights_fingerprint
 
         identity = ModelIdentity.of(model, str(original), None, weights_fingerprint(str(original)))
         plan = make_plan(identity, {}, PruneOptions(criterion="random", budget=TINY_BUDGET, seed=3))
@@ -117,10 +117,10 @@ def _demo(out: Path) -> dict:
     """The packaged demo model through the CLI, as a user exports it; prompts from its tasks."""
     from transformers import AutoProcessor
 
-    from lmms_prune_plugin.cli import main as cli
+    from lmms_prune_plugin.core.plan import PrunePlan
     from lmms_prune_plugin.demo import DEMO_MODEL_DIR, TASKS_DIR
     from lmms_prune_plugin.demo.data.task_utils import doc_to_text, doc_to_visual
-    from lmms_prune_plugin.plan import PrunePlan
+    from lmms_prune_plugin.tools.cli import main as cli
 
     export = out / "demo" / "export"
     assert cli(["export", "--criterion", "math", "--budget", "4", "--out", str(export)]) == 0

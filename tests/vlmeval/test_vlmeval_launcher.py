@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lmms_prune_plugin.plan import ModelIdentity, PrunePlan
+from lmms_prune_plugin.core.plan import ModelIdentity, PrunePlan
 
 MODULE = "lmms_prune_plugin.harnesses.vlmeval"
 DEMO = ["--model", "lmms_prune_demo", "--max-new-tokens", "8"]
@@ -194,7 +194,7 @@ def demo_run(tmp_path_factory, lmu_data):
 def test_demo_end_to_end_writes_vlmeval_results_and_the_plan(demo_run):
     import pandas as pd
 
-    from lmms_prune_plugin.planner import PruneOptions, derivation_problem
+    from lmms_prune_plugin.core.planner import PruneOptions, derivation_problem
 
     out, run_dir = demo_run
     assert out.returncode == 0, out.stderr[-4000:]
@@ -228,7 +228,7 @@ def test_demo_removes_the_layers_lmms_eval_removes(demo_run):
     out, run_dir = demo_run
     assert out.returncode == 0, out.stderr[-4000:]
     code = (
-        "from lmms_prune_plugin.models.pruned_vlm import PrunedVLM; import json; "
+        "from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM; import json; "
         "m = PrunedVLM(criterion='math', budget=4, plan_cache=False); "
         "print('PLAN', json.dumps(m.plan.to_dict()))"
     )

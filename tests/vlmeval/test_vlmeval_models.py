@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lmms_prune_plugin.capture import LayerCapture
+from lmms_prune_plugin.core.capture import LayerCapture
 from lmms_prune_plugin.harnesses.base import CalibrationSource
 from lmms_prune_plugin.harnesses.vlmeval_source import (
     VLMEvalSource,

@@ -1,7 +1,7 @@
 """An lmms-prune plugin: the ``middle_out`` criterion (no calibration, distance from the edges)."""
 
-from lmms_prune_plugin.criteria import Criterion, Scores
-from lmms_prune_plugin.hookspecs import hookimpl
+from lmms_prune_plugin.core.criteria import Criterion, Scores
+from lmms_prune_plugin.core.hookspecs import hookimpl
 
 
 def middle_out(stats, num_layers, options):

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from .canvas import render_spec
+from lmms_prune_plugin.demo.data.canvas import render_spec
 
 
 def make_doc(

@@ -21,8 +21,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .canvas import COLORS, COLS, ROWS, SHAPES
-from .items import make_doc
+from lmms_prune_plugin.demo.data.canvas import COLORS, COLS, ROWS, SHAPES
+from lmms_prune_plugin.demo.data.items import make_doc
 
 MATH_KINDS: tuple[str, ...] = ("arith", "bar_value", "bar_diff", "count_sum")
 

@@ -14,8 +14,8 @@ import functools
 import random
 from typing import Any
 
-from .canvas import COLORS, COLS, EASYVQA_CELLS, ROWS, SHAPES, side_of
-from .items import make_doc, make_doc_from_spec
+from lmms_prune_plugin.demo.data.canvas import COLORS, COLS, EASYVQA_CELLS, ROWS, SHAPES, side_of
+from lmms_prune_plugin.demo.data.items import make_doc, make_doc_from_spec
 
 NONMATH_KINDS: tuple[str, ...] = (
     "easyvqa_color",

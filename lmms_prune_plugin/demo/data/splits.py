@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .math_items import make_math_item, math_items
-from .nonmath_items import make_nonmath_item, nonmath_items
+from lmms_prune_plugin.demo.data.math_items import make_math_item, math_items
+from lmms_prune_plugin.demo.data.nonmath_items import make_nonmath_item, nonmath_items
 
 TRAIN_SEED = 0
 #: Seed of the fixed permutation that gives each "shuffled" control doc another doc's image.

@@ -10,9 +10,9 @@ from typing import Any
 
 from PIL import Image
 
-from .items import render_doc
-from .prompts import POST_PROMPT, is_correct
-from .prompts import doc_to_text as _doc_to_text
+from lmms_prune_plugin.demo.data.items import render_doc
+from lmms_prune_plugin.demo.data.prompts import POST_PROMPT, is_correct
+from lmms_prune_plugin.demo.data.prompts import doc_to_text as _doc_to_text
 
 
 def doc_to_visual(doc: dict[str, Any]) -> list[Image.Image]:

@@ -15,8 +15,8 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from .. import TASKS_DIR
-from .splits import TRAIN_SEED, train_stream
+from lmms_prune_plugin.demo import TASKS_DIR
+from lmms_prune_plugin.demo.data.splits import TRAIN_SEED, train_stream
 
 TRAIN_TASK = "prune_train"
 TRAIN_SIZE = 2048

@@ -1,0 +1,1 @@
+"""The lmms-prune command and what it writes: sweeps, leaderboards, plots."""
