@@ -408,3 +408,35 @@ def test_an_export_never_replaces_the_checkpoint_it_is_made_from(tmp_path):
             check_not_source(out, str(source))
     check_not_source(tmp_path / "elsewhere", str(source))
     check_not_source(source, "org/model")  # a hub id has no folder here
+
+
+@pytest.mark.parametrize("change", ["short layer_types", "string depth"])
+def test_a_config_transformers_refuses_is_named_before_loading(ckpt, no_load, tmp_path, change):
+    bad = copy_ckpt(ckpt, tmp_path)
+    cfg = json.loads((bad / "config.json").read_text())
+    if change == "short layer_types":
+        cfg["text_config"]["layer_types"] = cfg["text_config"]["layer_types"][:1]
+    else:
+        cfg["text_config"]["num_hidden_layers"] = "4"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"transformers refuses its config.json"):
+        pruned(ckpt, pretrained=str(bad))
+    assert not no_load
+
+
+def test_a_cache_folder_from_the_environment_is_named_as_such(ckpt, no_load, monkeypatch):
+    monkeypatch.setenv("LMMS_PRUNE_CACHE", "/proc/cache")
+    with pytest.raises(ValueError, match=r"\$LMMS_PRUNE_CACHE \(the plan cache\)='/proc/cache'"):
+        pruned(ckpt)
+
+
+def test_a_cuda_device_without_a_gpu_is_named_before_loading(ckpt, no_load, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kwargs = {k: v for k, v in wrapper_kwargs(ARCH).items() if k != "device"}
+    from lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm import PrunedVLM
+
+    with pytest.raises(ValueError, match=r"device='cuda.*' \(the default of base='qwen2_5_vl'\)"):
+        PrunedVLM(pretrained=str(ckpt), **kwargs, **CALIB, criterion="math", budget=1)
+    assert not no_load

@@ -303,4 +303,5 @@ class Cache:
         """Fail now, before calibration, if entries cannot be written here."""
         from lmms_prune_plugin.core.args import check_writable
 
-        check_writable("plan_cache", self.dir)
+        from_env = os.environ.get(ENV_VAR) and self.dir == default_cache_dir()
+        check_writable(f"${ENV_VAR} (the plan cache)" if from_env else "plan_cache", self.dir)

@@ -46,7 +46,10 @@ def read_source(path: str | Path) -> list[dict]:
     if not p.exists():
         raise ValueError(f"sweep={str(p)!r}: no such file or folder")
     if p.is_file():
-        return lm_eval_rows(p.parent, [p]) if _lm_eval_file(p) else read_rows(p)
+        rows = lm_eval_rows(p.parent, [p]) if _lm_eval_file(p) else read_rows(p)
+        if not rows:  # among other inputs it would vanish without a word
+            raise ValueError(f"sweep={str(p)!r} holds no rows: give a sweep file with results")
+        return rows
     lm_runs, vlm_models = _lm_eval_folders(p), _vlmeval_folders(p)
     if not lm_runs and not vlm_models:
         raise ValueError(

@@ -150,6 +150,24 @@ def _check_base(req: LoadRequest, simple: bool) -> None:
         req.base_kwargs,
     )
     _check_base_kwargs(req.base_name, simple, req.base_kwargs)
+    _check_device(req.base_name, simple, req.base_kwargs)
+
+
+def _check_device(base: str, simple: bool, kwargs: dict) -> None:
+    """A CUDA device (given, or the wrapper's default) on a machine without one would fail only
+    in the first forward, after loading, with torch's words: name ``device`` now."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    param = inspect.signature(wrapper_class(base, simple).__init__).parameters.get("device")
+    device = kwargs.get("device", param.default if param is not None else None)
+    if isinstance(device, str) and device.startswith("cuda"):
+        given = "" if "device" in kwargs else f" (the default of base={base!r})"
+        raise ValueError(
+            f"device={device!r}{given} is not allowed: this machine has no CUDA device; "
+            "pass device=cpu (with device_map=cpu)"
+        )
 
 
 def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict]:
