@@ -31,7 +31,7 @@ def checkpoints(tmp_path_factory):
 def args_for(arch, path, **extra):
     kwargs = {
         "pretrained": str(path),
-        **CALIB,
+        **({} if "plan" in extra else CALIB),  # a plan file takes no calibration options
         **(wrapper_kwargs(arch) if arch != "idefics3" else {"device": "cpu"}),
         **extra,
     }
@@ -140,10 +140,16 @@ def test_saved_plan_applies_without_calibrating(checkpoints, tmp_path):
         "qwen2_5_vl",
         checkpoints["qwen2_5_vl"],
         plan=tmp_path / "p.json",
-        calib_math="does_not_exist",
         plan_cache=False,
     )
     assert again.calibration_forwards == 0 and again.plan == first.plan
+    with pytest.raises(ValueError, match=r"not allowed together with calib_math='does_not_exist'"):
+        _model(
+            "qwen2_5_vl",
+            checkpoints["qwen2_5_vl"],
+            plan=tmp_path / "p.json",
+            calib_math="does_not_exist",
+        )  # it would be ignored: refused, not silently
     assert len(again.hf_model.model.language_model.layers) == 4
 
 

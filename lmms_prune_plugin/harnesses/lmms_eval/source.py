@@ -59,7 +59,7 @@ class LmmsEvalSource:
         if world > 1:
             print(
                 f"lmms-prune: rank {rank}/{world} calibrates {len(reqs.requests)} of "
-                f"{reqs.total} samples of {task}",
+                f"{reqs.total} {param.removeprefix('calib_')} samples ({task})",
                 file=sys.stderr,
             )
         return CalibrationDocs(reqs.task, reqs, len(reqs.requests), reqs.total, reqs.fingerprint)
