@@ -82,28 +82,7 @@ def read_checkpoint_config(pretrained: str, revision: str | None) -> dict:
             f"pretrained={pretrained!r} is not allowed: its config.json has no model_type, so its "
             "architecture is unknown; add the model_type of its transformers config class"
         )
-    check_config_class(pretrained, config)
     return config
-
-
-def check_config_class(pretrained: str, config: dict) -> None:
-    """transformers' own config class accepts the config (its strict checks: ``layer_types`` as
-    long as ``num_hidden_layers``, integer counts, ...): checked now, in a line that names the
-    file, rather than as a validation traceback from inside the load."""
-    from transformers import CONFIG_MAPPING
-
-    model_type = config["model_type"]
-    if model_type not in CONFIG_MAPPING:  # a checkpoint's own code: only it can check
-        return
-    try:
-        CONFIG_MAPPING[model_type].from_dict(dict(config))
-    except Exception as err:  # its validators raise their own classes
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        raise ValueError(
-            f"pretrained={pretrained!r} is not allowed: transformers refuses its config.json "
-            f"({lines[0]} {lines[-1] if len(lines) > 1 else ''}); repair that file "
-            "(num_hidden_layers, layer_types, ...)"
-        ) from err
 
 
 def text_depth(config: Mapping[str, Any]) -> int | None:
@@ -126,4 +105,18 @@ def describe(plan: PrunePlan) -> str:
         f"lmms-prune: {m.name_or_path} ({m.architecture}) {m.num_layers} -> {kept} layers | "
         f"criterion={plan.criterion} strategy={plan.strategy} budget={plan.budget} | "
         f"removed {list(plan.removed)} (scores {scores})"
+    )
+
+
+def refused_config(pretrained: str, err: Exception) -> ValueError | None:
+    """transformers' strict config classes (``layer_types`` shorter than
+    ``num_hidden_layers``, a string depth, ...) refuse a config with their own validation
+    error, raised while the config is parsed, before any weight is read: name the file."""
+    if "ValidationError" not in type(err).__name__:
+        return None
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    tail = f" {lines[-1]}" if len(lines) > 1 else ""
+    return ValueError(
+        f"pretrained={pretrained!r} is not allowed: transformers refuses its config.json "
+        f"({lines[0]}{tail}); repair that file (num_hidden_layers, layer_types, ...)"
     )

@@ -14,7 +14,7 @@ from lmms_eval.api.model import lmms
 
 from lmms_prune_plugin.core.cache import files_fingerprint, key, weights_fingerprint
 from lmms_prune_plugin.core.distributed import is_main
-from lmms_prune_plugin.core.loading import describe
+from lmms_prune_plugin.core.loading import describe, refused_config
 from lmms_prune_plugin.core.plan import ModelIdentity
 from lmms_prune_plugin.core.planner import Planner
 from lmms_prune_plugin.harnesses.lmms_eval import engine as engines
@@ -63,7 +63,12 @@ class PrunedVLM(lmms):
             self.base = build_wrapper(
                 req.base_name, self.is_simple, pretrained=req.pretrained, **req.base_kwargs
             )
-        except (KeyError, AttributeError) as err:
+        except Exception as err:
+            refused = refused_config(req.pretrained, err)
+            if refused is not None:
+                raise refused from err
+            if not isinstance(err, KeyError | AttributeError):
+                raise
             # A wrapper's own lookups failing on an architecture it does not know (llava_hf's
             # model map); bad values, memory and device errors propagate as they are.
             other = f"base={FALLBACK_WRAPPER!r} or " if req.base_name != FALLBACK_WRAPPER else ""
