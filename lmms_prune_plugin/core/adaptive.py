@@ -61,12 +61,16 @@ def _best_first(scores: Mapping[int, float], sign: float = 1.0) -> list[int]:
     return sorted(scores, key=lambda layer: (-sign * scores[layer], -layer))
 
 
-def _check(num_layers: int, budget: int, options: CriterionOptions) -> None:
+def _measured_weights(
+    weights: Mapping[str, float], num_layers: int, budget: int, options: CriterionOptions
+) -> dict[str, float]:
+    """The domains worth measuring (weight > 0), once the budget fits the free layers."""
     free = len(remaining_layers(num_layers, options.protected))
     if budget > free:
         raise ValueError(
             f"budget={budget} asks for {budget} layers, but only {free} of {num_layers} may be removed"
         )
+    return {d: w for d, w in weights.items() if w}
 
 
 def iterative_order(
@@ -77,8 +81,7 @@ def iterative_order(
     options: CriterionOptions,
 ) -> tuple[int, ...]:
     """Remove the ``step`` most similar layers, re-calibrate the shortened model, repeat."""
-    _check(num_layers, budget, options)
-    weights = {d: w for d, w in weights.items() if w}
+    weights = _measured_weights(weights, num_layers, budget, options)
     removed: list[int] = []
     while len(removed) < budget:
         scores = similarity_scores(measure, weights, num_layers, removed, options)
@@ -96,8 +99,7 @@ def functional_order(
     options: CriterionOptions,
 ) -> tuple[int, ...]:
     """Greedily remove the layer whose removal changes the answer distributions least."""
-    _check(num_layers, budget, options)
-    weights = {d: w for d, w in weights.items() if w}
+    weights = _measured_weights(weights, num_layers, budget, options)
     for domain in weights:  # the reference distributions of the unpruned model
         measure(domain, (), outputs=True)
     removed: list[int] = []

@@ -243,8 +243,15 @@ def generate_as_prefill(model: torch.nn.Module) -> Iterator[None]:
             return GenerateDecoderOnlyOutput(sequences=seq)
         return seq
 
+    with generate_replaced(model, prefill):
+        yield
+
+
+@contextmanager
+def generate_replaced(model: torch.nn.Module, generate) -> Iterator[None]:
+    """``model.generate`` is ``generate`` within the block, the model's own after it."""
     had, saved = "generate" in vars(model), vars(model).get("generate")
-    model.generate = prefill
+    model.generate = generate
     try:
         yield
     finally:

@@ -780,21 +780,26 @@ def _export_parser(sub, common) -> None:
     e = sub.add_parser(
         "export", parents=[common], help="write a pruned checkpoint that plain transformers loads"
     )
-    _model_options(e)
-    _add_prune_flags(e)
-    e.add_argument(
+    _export_flags(e, "no prune or calibration flags with it", "a different export")
+    e.set_defaults(fn=cmd_export)
+
+
+def _export_flags(p: argparse.ArgumentParser, plan_note: str, replaced: str) -> None:
+    """What export and heal share: the model, prune flags, a plan file, and the output folder."""
+    _model_options(p)
+    _add_prune_flags(p)
+    p.add_argument(
         "--plan",
         type=_text("plan", "a plan file (lmms-prune rank writes them)"),
-        help="apply this plan file instead of planning (no prune or calibration flags with it)",
+        help=f"apply this plan file instead of planning ({plan_note})",
     )
-    e.add_argument("--out", type=_text("out", "a folder"), required=True)
-    e.add_argument(
+    p.add_argument("--out", type=_text("out", "a folder"), required=True)
+    p.add_argument(
         "--force",
         action="store_true",
-        help="replace a different export in --out (only while it holds exactly what "
-        "lmms-prune wrote there)",
+        help=f"replace {replaced} in --out (only while it holds exactly what lmms-prune wrote "
+        "there)",
     )
-    e.set_defaults(fn=cmd_export)
 
 
 def _sweep_parser(sub, common) -> None:
@@ -838,21 +843,8 @@ def _heal_parser(sub, common) -> None:
     h = sub.add_parser(
         "heal", parents=[common], help="prune, heal with LoRA, merge and export a checkpoint"
     )
-    _model_options(h)
-    _add_prune_flags(h)
-    h.add_argument(
-        "--plan",
-        type=_text("plan", "a plan file (lmms-prune rank writes them)"),
-        help="apply this plan file instead of planning (no prune flags with it)",
-    )
+    _export_flags(h, "no prune flags with it", "an export of lmms-prune")
     _heal_args(h)
-    h.add_argument("--out", type=_text("out", "a folder"), required=True)
-    h.add_argument(
-        "--force",
-        action="store_true",
-        help="replace an export of lmms-prune in --out (only while it holds exactly what "
-        "lmms-prune wrote there)",
-    )
     h.set_defaults(fn=cmd_heal)
 
 

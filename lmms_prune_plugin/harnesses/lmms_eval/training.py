@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
+from lmms_prune_plugin.core.calibration import generate_replaced
 from lmms_prune_plugin.core.distributed import is_main
 from lmms_prune_plugin.core.heal import (
     HealOptions,
@@ -88,16 +89,8 @@ def _generate_recorded(model: torch.nn.Module, record: list, answer_ids):
         reply = torch.tensor([answer_ids(len(record) - 1)], dtype=ids.dtype, device=ids.device)
         return torch.cat([ids, reply], dim=1)
 
-    had = "generate" in vars(model)
-    saved = vars(model).get("generate")
-    model.generate = fake_generate
-    try:
+    with generate_replaced(model, fake_generate):
         yield
-    finally:
-        if had:
-            model.generate = saved
-        else:
-            del model.generate
 
 
 @contextmanager
