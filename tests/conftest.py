@@ -25,3 +25,19 @@ def logged():
     sink = logger.add(lambda m: messages.append(str(m)), level="INFO")
     yield messages
     logger.remove(sink)
+
+
+@pytest.fixture
+def no_load(monkeypatch):
+    """``pruned_vlm``'s model load raises ``helpers.Loaded``; returns what it would have been
+    given (so reaching the load is itself an outcome a test can check)."""
+    from helpers import Loaded
+
+    seen = {}
+
+    def build(name, simple, **kwargs):
+        seen.update(kwargs, _base=name)
+        raise Loaded
+
+    monkeypatch.setattr("lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm.build_wrapper", build)
+    return seen

@@ -23,3 +23,7 @@ def vlm_batch(
     nested = any(k in type(processor).__name__ for k in ("Idefics", "SmolVLM"))
     imgs = [[im] for im in images] if nested else images
     return processor(text=texts, images=imgs, padding=True, return_tensors="pt")
+
+
+class Loaded(Exception):
+    """A model load was reached: every check before it passed (see the ``no_load`` fixture)."""

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import Loaded
 
 from lmms_prune_plugin.core.plan import PrunePlan
 from lmms_prune_plugin.testing.tiny import save_tiny_vlm, wrapper_kwargs
@@ -19,10 +20,6 @@ TASKS = str(Path(__file__).parent / "tasks")
 CALIB = {"calib_math": "prune_test_colours", "calib_nonmath": "prune_test_colours_b",
          "include_path": TASKS, "calib_limit": 4}  # fmt: skip
 ARCH = "qwen2_5_vl"
-
-
-class Loaded(Exception):
-    """The model load was reached: every argument check before it passed."""
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +31,6 @@ def ckpt(tmp_path_factory):
 def other_ckpt(tmp_path_factory):
     """Same architecture and layer count, other weights."""
     return save_tiny_vlm(ARCH, tmp_path_factory.mktemp("h2") / "qwen", num_layers=4, seed=1)
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    """Replace the model load by a sentinel; returns the kwargs it was given."""
-    seen = {}
-
-    def build(name, simple, **kwargs):
-        seen.update(kwargs, _base=name)
-        raise Loaded
-
-    monkeypatch.setattr("lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm.build_wrapper", build)
-    return seen
 
 
 def pruned(ckpt, wrapper_args=True, **extra):

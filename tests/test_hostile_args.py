@@ -25,25 +25,9 @@ CALIB = {
 ARCH = "qwen2_5_vl"
 
 
-class Loaded(Exception):
-    """The model load was reached: every check before it passed."""
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return save_tiny_vlm(ARCH, tmp_path_factory.mktemp("a") / "qwen", num_layers=4)
-
-
-@pytest.fixture
-def no_load(monkeypatch):
-    seen = {}
-
-    def build(name, simple, **kwargs):
-        seen.update(kwargs, _base=name)
-        raise Loaded
-
-    monkeypatch.setattr("lmms_prune_plugin.harnesses.lmms_eval.pruned_vlm.build_wrapper", build)
-    return seen
 
 
 def pruned(ckpt, **extra):

@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from helpers import Loaded
 
 from lmms_prune_plugin.core.plan import PrunePlan
 from lmms_prune_plugin.surgery.export import MARKER, check_target
@@ -20,10 +21,6 @@ from lmms_prune_plugin.tools.cli import main
 
 TASKS = str(Path(__file__).parent / "tasks")
 ARCH = "qwen2_5_vl"
-
-
-class Loaded(Exception):
-    """A model load was reached: every check before it passed."""
 
 
 def run(*argv) -> int:
