@@ -479,3 +479,18 @@ def test_checks_catch_a_bad_doc(tmp_path):
         "missing.md: no such file",
         "bad.md#nowhere: no heading #nowhere in bad.md",
     ]
+
+
+def test_every_option_of_every_record_is_documented():
+    """A new option is one field of an option record; it reaches model_args and the CLI from
+    there, and this test makes it reach the docs too."""
+    from lmms_prune_plugin.core.calibration import CalibrationOptions
+    from lmms_prune_plugin.core.heal import HealOptions
+    from lmms_prune_plugin.core.planner import PruneOptions
+    from lmms_prune_plugin.harnesses.lmms_eval.arguments import LoadOptions
+
+    docs = (ROOT / "docs" / "options.md").read_text() + (ROOT / "docs" / "healing.md").read_text()
+    for record in (LoadOptions, CalibrationOptions, PruneOptions, HealOptions):
+        flags = [record.flag_name(n) for n in record.names()]
+        missing = [f for f in flags if f"`{f}" not in docs and f"--{f}" not in docs]
+        assert not missing, f"{record.__name__}: {missing} are in no table of docs/options.md"
