@@ -423,3 +423,15 @@ def test_a_cuda_device_without_a_gpu_is_named_before_loading(ckpt, no_load, monk
     with pytest.raises(ValueError, match=r"device='cuda.*' \(the default of base='qwen2_5_vl'\)"):
         PrunedVLM(pretrained=str(ckpt), **kwargs, **CALIB, criterion="math", budget=1)
     assert not no_load
+
+
+def test_a_users_text_file_as_sweep_out_is_named_and_untouched(tmp_path):
+    from lmms_prune_plugin.tools.sweep import check_out
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my notes\n")
+    with pytest.raises(
+        ValueError, match=r"out=.*notes.jsonl' is not allowed: it exists and is not"
+    ):
+        check_out(notes)
+    assert notes.read_text() == "my notes\n"

@@ -276,7 +276,15 @@ def _resume_rows(out: Path) -> list[tuple[int, dict]]:
     if out.is_dir():
         raise ValueError(f"out={str(out)!r} is a folder; give the sweep JSONL file to write")
     check_writable("out", out)
-    return numbered_rows(out, "out") if out.exists() else []
+    if not out.exists():
+        return []
+    try:
+        return numbered_rows(out, "out")
+    except ValueError as err:  # a user's file, never appended to
+        raise ValueError(
+            f"out={str(out)!r} is not allowed: it exists and is not a sweep file to resume "
+            f"({err}); give a new path, or the sweep file to resume"
+        ) from err
 
 
 def task_metrics(results: dict) -> dict[str, dict[str, float]]:
