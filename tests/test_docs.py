@@ -203,10 +203,10 @@ def model_args(text: str) -> dict[str, str]:
 
 @functools.cache
 def named_params(model: str, simple: bool) -> frozenset[str]:
-    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _named_params
+    from lmms_prune_plugin.core.loading import named_params
     from lmms_prune_plugin.harnesses.lmms_eval.base import wrapper_class
 
-    return frozenset(_named_params(wrapper_class(model, simple)))
+    return frozenset(named_params(wrapper_class(model, simple)))
 
 
 @functools.cache
@@ -214,9 +214,9 @@ def vllm_params(simple: bool) -> frozenset[str]:
     """What lmms-eval's vllm model takes, and vLLM's engine arguments."""
     from lmms_eval import models
 
-    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _named_params
+    from lmms_prune_plugin.core.loading import named_params
 
-    names = set(_named_params(models.get_model("vllm", force_simple=simple)))
+    names = set(named_params(models.get_model("vllm", force_simple=simple)))
     try:
         from vllm.engine.arg_utils import EngineArgs
     except ImportError:  # not installed (tests/vllm alone can look like a vllm package)
@@ -311,9 +311,9 @@ def check_harness_command(name: str, argv: list[str]) -> None:
     from lmms_prune_plugin.harnesses.lmms_eval.arguments import LoadOptions
 
     ours = set(LoadOptions.names()) | set(CalibrationOptions.names()) | set(PruneOptions.names())
-    from lmms_prune_plugin.harnesses.lmms_eval.arguments import _named_params
+    from lmms_prune_plugin.core.loading import named_params
 
-    harness = set(_named_params(HFMultimodalLM))
+    harness = set(named_params(HFMultimodalLM))
     unknown = set(model_args(opts.get("model_args", ""))) - ours - harness
     assert not unknown, f"model_args {sorted(unknown)} are neither ours nor lm-eval's"
 

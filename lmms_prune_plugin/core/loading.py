@@ -3,6 +3,7 @@ any code, options that contradict a plan file, the plan file to write, a one-lin
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -120,3 +121,21 @@ def refused_config(pretrained: str, err: Exception) -> ValueError | None:
         f"pretrained={pretrained!r} is not allowed: transformers refuses its config.json "
         f"({lines[0]}{tail}); repair that file (num_hidden_layers, layer_types, ...)"
     )
+
+
+def named_params(cls: type) -> list[str]:
+    """Named ``__init__`` parameters of ``cls``, and of its parents for as long as each
+    ``__init__`` passes ``**kwargs`` on (wrappers that extend another wrapper)."""
+    named: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        named += [
+            p
+            for p, v in params.items()
+            if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self" and p not in named
+        ]
+        if not any(v.kind == v.VAR_KEYWORD for v in params.values()):
+            break
+    return named

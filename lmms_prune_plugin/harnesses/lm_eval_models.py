@@ -12,7 +12,6 @@ requests without images); ``pruned_lm`` is for checkpoints that ``AutoModelForCa
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from lmms_prune_plugin.core.loading import (
     check_plan_alone,
     check_save_plan,
     describe,
+    named_params,
     read_checkpoint_config,
     text_depth,
 )
@@ -103,16 +103,6 @@ class PruneSetup:
         return cls(options, calibration, prompts, paths, plan, save_to, strict)
 
 
-def _named_params(cls: type) -> set[str]:
-    """Named ``__init__`` parameters of ``cls`` and of its parents that take ``**kwargs``."""
-    named: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            params = inspect.signature(klass.__init__).parameters.values()
-            named |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return named - {"self"}
-
-
 class _PruneOnLoad:
     """Parse our model_args, let the lm-eval parent load the checkpoint, then prune it.
 
@@ -165,7 +155,7 @@ class _PruneOnLoad:
     def _check_parent_args(self, kwargs: Mapping[str, Any]) -> None:
         """Arguments the parent does not name reach ``from_pretrained``; one that looks like a
         misspelt option of ours is refused instead of being handed to transformers."""
-        named = _named_params(type(self))
+        named = set(named_params(type(self)))
         for k in kwargs:
             hint = closest(k, OWN_ARGS)
             if k not in named and hint:

@@ -19,6 +19,7 @@ from lmms_prune_plugin.core.calibration import CALIBRATION_ARGS, CalibrationConf
 from lmms_prune_plugin.core.loading import (
     check_plan_alone,
     check_save_plan,
+    named_params,
     read_checkpoint_config,
     text_depth,
 )
@@ -183,7 +184,7 @@ def _default_model(pretrained: str | None, base_kwargs: dict) -> tuple[str, dict
 def _check_base_kwargs(base: str, simple: bool, kwargs: dict) -> None:
     """An argument neither ours nor a named parameter of the base wrapper is a typo: name it."""
     cls = wrapper_class(base, simple)  # an unknown base: the error lists the choices
-    named = _named_params(cls)
+    named = named_params(cls)
     # (A wrapper that always trusts no longer has the argument here: _check_remote_code.)
     if "trust_remote_code" in kwargs and "trust_remote_code" not in named:
         raise ValueError(
@@ -209,7 +210,7 @@ def _check_remote_code(
     given is refused for a checkpoint that ships code (``auto_map`` in its config, processor or
     tokenizer files)."""
     cls = wrapper_class(base, simple)
-    takes = "trust_remote_code" in _named_params(cls)
+    takes = "trust_remote_code" in named_params(cls)
     if takes:
         kwargs["trust_remote_code"] = trust
     forced = always_trusts(base, cls)
@@ -247,21 +248,3 @@ def _check_revision(base: str, pretrained: str, revision: str | None, kwargs: di
             "and pass the folder as pretrained"
         )
     kwargs["revision"] = revision
-
-
-def _named_params(cls: type) -> list[str]:
-    """Named ``__init__`` parameters of ``cls``, and of its parents for as long as each
-    ``__init__`` passes ``**kwargs`` on (wrappers that extend another wrapper)."""
-    named: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters
-        named += [
-            p
-            for p, v in params.items()
-            if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p != "self" and p not in named
-        ]
-        if not any(v.kind == v.VAR_KEYWORD for v in params.values()):
-            break
-    return named
